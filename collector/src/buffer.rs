@@ -1,0 +1,224 @@
+//! Buffer: gathers durable WAL records of one stream and cuts them into archive objects.
+//!
+//! Input: the stream's WAL, read from just after the last archived record, never past the
+//! durable position. Output: [`ArchiveObject`]s, sent to the loader in sequence order.
+//!
+//! Firehose-style hints decide when to cut: once `max_bytes` of lines are buffered, or once
+//! the oldest buffered record has waited `max_age`. The cut itself is deterministic in what
+//! matters: an object always holds a run of consecutive WAL records and is named by it.
+//!
+//! Durability: the buffer holds nothing that is not already in the WAL. After writing an
+//! object it records its position in `<state>/archive.pos` and tells the WAL it may delete
+//! what the object covers. After a crash between the object's rename and that record, the
+//! start-up check finds the object by its name and moves past it instead of cutting an
+//! overlapping one.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use jiff::Timestamp;
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+use tracing::{debug, info, warn};
+
+use crate::archive::{Archive, ArchiveObject};
+use crate::config::BufferConfig;
+use crate::wal::{Consumers, Reader, WalRecord};
+
+/// The consumer name this stage uses for WAL positions.
+pub const CONSUMER: &str = "archive";
+
+/// Wait before retrying a failed archive write (full disk, permissions).
+const RETRY_DELAY: Duration = Duration::from_secs(1);
+
+/// Cuts archive objects from one stream's WAL.
+pub struct Buffer {
+    /// Stream name.
+    pub stream: String,
+    /// Hints.
+    pub config: BufferConfig,
+    /// Where objects go.
+    pub archive: Archive,
+    /// Reads the WAL.
+    pub reader: Reader,
+    /// The WAL's durable position; closes when the WAL writer stops.
+    pub durable: watch::Receiver<u64>,
+    /// Where to report progress.
+    pub consumers: Arc<Consumers>,
+    /// The position file.
+    pub position_file: PathBuf,
+    /// Objects for the loader.
+    pub objects: mpsc::Sender<ArchiveObject>,
+}
+
+/// Reads the last archived sequence number from the position file (0 when absent).
+///
+/// # Errors
+/// An unreadable or damaged file.
+pub fn load_position(path: &std::path::Path) -> anyhow::Result<u64> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => text.trim().parse().map_err(|e| {
+            anyhow::anyhow!(
+                "{}: {e}; it should hold the last archived WAL sequence number",
+                path.display()
+            )
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(0),
+        Err(e) => Err(anyhow::Error::new(e).context(format!("reading {}", path.display()))),
+    }
+}
+
+/// Moves `position` past objects that were written but not yet recorded (a crash right
+/// after a rename), so the next object starts where the archive really ends.
+///
+/// # Errors
+/// WAL read errors.
+pub fn adopt_written_objects(
+    stream: &str,
+    archive: &Archive,
+    reader: &mut Reader,
+    durable: u64,
+    mut position: u64,
+) -> anyhow::Result<u64> {
+    loop {
+        let Some(next) = reader.next(durable)? else {
+            return Ok(position);
+        };
+        let received =
+            Timestamp::from_microsecond(next.received_at_us).unwrap_or(Timestamp::UNIX_EPOCH);
+        match archive.find_starting_at(stream, next.seq, received) {
+            Some(object) => {
+                info!(stream, path = %object.path.display(), "Found an archive object written before the last stop; continuing after it.");
+                position = object.last_seq;
+                *reader = Reader::new(&reader.dir().to_path_buf(), position + 1);
+            }
+            None => {
+                *reader = Reader::new(&reader.dir().to_path_buf(), position + 1);
+                return Ok(position);
+            }
+        }
+    }
+}
+
+struct Pending {
+    records: Vec<WalRecord>,
+    bytes: u64,
+    since: Option<Instant>,
+}
+
+impl Buffer {
+    /// Runs until the WAL writer stops, then cuts what is left and returns.
+    ///
+    /// # Errors
+    /// WAL corruption or missing records (archive write errors are retried).
+    pub async fn run(mut self) -> anyhow::Result<()> {
+        let mut pending = Pending {
+            records: Vec::new(),
+            bytes: 0,
+            since: None,
+        };
+        let mut open = true;
+        loop {
+            let durable = *self.durable.borrow_and_update();
+            self.read_available(durable, &mut pending).await?;
+            let full = pending.bytes >= self.config.max_bytes;
+            let aged = pending
+                .since
+                .is_some_and(|t| t.elapsed() >= self.config.max_age);
+            if full || aged || (!open && !pending.records.is_empty()) {
+                self.cut(&mut pending).await;
+                continue;
+            }
+            if !open {
+                info!(stream = %self.stream, "Buffer drained.");
+                return Ok(());
+            }
+            let deadline = pending.since.map(|t| t + self.config.max_age);
+            tokio::select! {
+                changed = self.durable.changed() => open = changed.is_ok(),
+                () = sleep_until(deadline) => {}
+            }
+        }
+    }
+
+    /// Moves every durable record into `pending`, stopping early when it is full.
+    async fn read_available(&mut self, durable: u64, pending: &mut Pending) -> anyhow::Result<()> {
+        let max_bytes = self.config.max_bytes;
+        let placeholder = Reader::new(self.reader.dir(), 0);
+        let mut reader = std::mem::replace(&mut self.reader, placeholder);
+        let already = pending.bytes;
+        let (reader, read) = tokio::task::spawn_blocking(move || {
+            let mut read = Vec::new();
+            let mut bytes = already;
+            while bytes < max_bytes {
+                match reader.next(durable) {
+                    Ok(Some(record)) => {
+                        bytes += record.data.len() as u64;
+                        read.push(record);
+                    }
+                    Ok(None) => break,
+                    Err(e) => return (reader, Err(e)),
+                }
+            }
+            (reader, Ok(read))
+        })
+        .await?;
+        self.reader = reader;
+        for record in read? {
+            pending.since.get_or_insert_with(Instant::now);
+            pending.bytes += record.data.len() as u64;
+            pending.records.push(record);
+        }
+        Ok(())
+    }
+
+    /// Writes `pending` as one object, retrying until it succeeds, then hands it on.
+    async fn cut(&mut self, pending: &mut Pending) {
+        let records = std::mem::take(&mut pending.records);
+        pending.bytes = 0;
+        pending.since = None;
+        let records = Arc::new(records);
+        let object = loop {
+            let (archive, stream, batch) =
+                (self.archive.clone(), self.stream.clone(), records.clone());
+            let position_file = self.position_file.clone();
+            let written = tokio::task::spawn_blocking(move || {
+                let object = archive.write(&stream, &batch)?;
+                crate::fsutil::write_atomic(&position_file, object.last_seq.to_string().as_bytes())
+                    .map_err(|e| {
+                        anyhow::Error::new(e)
+                            .context(format!("writing {}", position_file.display()))
+                    })?;
+                anyhow::Ok(object)
+            })
+            .await;
+            match written {
+                Ok(Ok(object)) => break object,
+                Ok(Err(error)) => {
+                    warn!(stream = %self.stream, error = format!("{error:#}"), "Archive write failed; retrying.")
+                }
+                Err(error) => {
+                    warn!(stream = %self.stream, %error, "Archive task failed; retrying.")
+                }
+            }
+            metrics::counter!("tollstream_collector_archive_errors_total").increment(1);
+            tokio::time::sleep(RETRY_DELAY).await;
+        };
+        let lines: u64 = records.iter().map(|r| u64::from(r.records)).sum();
+        debug!(stream = %self.stream, path = %object.path.display(), lines, "Archived.");
+        metrics::counter!("tollstream_collector_archive_objects_total").increment(1);
+        metrics::counter!("tollstream_collector_archive_records_total").increment(lines);
+        self.consumers.advance(CONSUMER, object.last_seq);
+        if self.objects.send(object).await.is_err() {
+            warn!(stream = %self.stream, "Loader has stopped; the archived object will be loaded at the next start.");
+        }
+    }
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
+}

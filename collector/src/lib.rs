@@ -1,0 +1,183 @@
+//! tollstream collector: receives batches of log lines, makes them durable in a
+//! write-ahead log, cuts them into archive objects and loads each object exactly once into
+//! the warehouse.
+//!
+//! ```text
+//! ingest ─► wal ─► buffer ─► archive ─► warehouse
+//! ```
+//!
+//! Every stage reads from the one before it and owns its position; see each module's
+//! header for its input, output and durability promise.
+
+#![forbid(unsafe_code)]
+
+pub mod archive;
+pub mod buffer;
+pub mod clock;
+pub mod config;
+mod fsutil;
+pub mod ingest;
+pub mod metrics;
+pub mod schema;
+pub mod wal;
+pub mod warehouse;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{info, warn};
+
+use crate::archive::Archive;
+use crate::buffer::Buffer;
+use crate::clock::Clock;
+use crate::config::Config;
+use crate::ingest::{IngestState, Tokens};
+use crate::schema::Schema;
+use crate::wal::{Wal, WalOptions};
+use crate::warehouse::{Loader, SqliteWarehouse, Warehouse};
+
+/// Sockets the collector serves on, bound by the caller (tests bind port 0).
+pub struct Listeners {
+    /// Ingest API, `/healthz`, `/readyz`.
+    pub ingest: TcpListener,
+    /// `/metrics`, when configured.
+    pub metrics: Option<TcpListener>,
+}
+
+/// Runs the collector until `shutdown` is cancelled, then drains: stops accepting, lets the
+/// WAL, buffer and loader finish what they hold (up to `shutdown_grace`), and returns.
+///
+/// # Errors
+/// Start-up failures (unreadable state, corrupt WAL, warehouse unavailable at open).
+pub async fn run(
+    config: Config,
+    listeners: Listeners,
+    metrics: metrics_exporter_prometheus::PrometheusHandle,
+    clock: Arc<dyn Clock>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let data_dir = &config.data_dir;
+    for sub in ["wal", "archive", "state"] {
+        let dir = data_dir.join(sub);
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let tokens = Tokens::load(&config.auth.agent_tokens_file)?;
+    let warehouse_path = config.warehouse_path().map_err(anyhow::Error::msg)?;
+    let mut warehouse = SqliteWarehouse::open(&warehouse_path)
+        .with_context(|| format!("opening warehouse {}", warehouse_path.display()))?;
+    let schema = Arc::new(Schema::toll());
+    for stream in config.streams.values() {
+        warehouse.prepare(&stream.table, &schema)?;
+    }
+    let warehouse = Arc::new(Mutex::new(warehouse));
+    let archive_root = data_dir.join("archive");
+    let archive = Archive::new(&archive_root);
+    let tracker = TaskTracker::new();
+    let mut wals = HashMap::new();
+    let mut writer_threads = Vec::new();
+    for (name, stream) in &config.streams {
+        let wal_dir = data_dir.join("wal").join(name);
+        let options = WalOptions {
+            segment_bytes: config.wal.segment_bytes,
+            consumers: vec![buffer::CONSUMER],
+        };
+        let (wal, thread) = Wal::open(&wal_dir, options, clock.clone())
+            .with_context(|| format!("opening WAL of stream {name}"))?;
+        writer_threads.push(thread);
+        let position_file = data_dir.join("state").join(format!("{name}.archive.pos"));
+        let durable = wal.durable();
+        let mut position = buffer::load_position(&position_file)?.max(wal.first_seq() - 1);
+        let mut reader = wal.reader(position + 1);
+        position = buffer::adopt_written_objects(
+            name,
+            &archive,
+            &mut reader,
+            *durable.borrow(),
+            position,
+        )?;
+        wal.consumers().advance(buffer::CONSUMER, position);
+        let (objects_tx, objects_rx) = mpsc::channel(16);
+        let buffer = Buffer {
+            stream: name.clone(),
+            config: stream.buffer.clone(),
+            archive: archive.clone(),
+            reader,
+            durable,
+            consumers: wal.consumers(),
+            position_file,
+            objects: objects_tx,
+        };
+        let loader = Loader {
+            stream: name.clone(),
+            table: stream.table.clone(),
+            schema: schema.clone(),
+            archive_root: archive_root.clone(),
+            archive: archive.clone(),
+            warehouse: warehouse.clone(),
+            objects: objects_rx,
+        };
+        let stream_name = name.clone();
+        tracker.spawn(async move {
+            if let Err(error) = buffer.run().await {
+                tracing::error!(stream = %stream_name, error = format!("{error:#}"), "Buffer stopped with an error; records stay in the WAL.");
+            }
+        });
+        let stream_name = name.clone();
+        tracker.spawn(async move {
+            if let Err(error) = loader.run().await {
+                tracing::error!(stream = %stream_name, error = format!("{error:#}"), "Loader stopped with an error; objects stay in the archive.");
+            }
+        });
+        wals.insert(name.clone(), wal);
+    }
+    let state = Arc::new(IngestState {
+        streams: wals,
+        tokens,
+        max_decompressed_bytes: config.ingest.max_decompressed_bytes,
+    });
+    let app = ingest::router(
+        state,
+        usize::try_from(config.ingest.max_body_bytes).unwrap_or(usize::MAX),
+    )
+    .merge(metrics::health_router());
+    let ingest_addr = listeners.ingest.local_addr()?;
+    if let Some(listener) = listeners.metrics {
+        let addr = listener.local_addr()?;
+        let token = shutdown.clone();
+        let app = metrics::router(metrics).merge(metrics::health_router());
+        tracker.spawn(async move {
+            if let Err(error) = axum::serve(listener, app)
+                .with_graceful_shutdown(token.cancelled_owned())
+                .await
+            {
+                warn!(%error, "Metrics server failed.");
+            }
+        });
+        info!(%addr, "Serving /metrics.");
+    }
+    info!(addr = %ingest_addr, data_dir = %data_dir.display(), warehouse = %warehouse_path.display(), "Collector ready.");
+    axum::serve(listeners.ingest, app)
+        .with_graceful_shutdown(shutdown.clone().cancelled_owned())
+        .await
+        .context("serving ingest")?;
+    // The server (and with it every WAL handle) is gone: the writers drain and stop, which
+    // ends the buffers, which end the loaders.
+    info!("Ingest stopped; draining WAL, buffers and loaders.");
+    tracker.close();
+    if tokio::time::timeout(config.shutdown_grace, tracker.wait())
+        .await
+        .is_err()
+    {
+        warn!(grace = ?config.shutdown_grace, "Shutdown exceeded the grace period; what was not loaded stays in the WAL and archive for the next start.");
+    }
+    for thread in writer_threads {
+        let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+    }
+    info!("Collector stopped.");
+    Ok(())
+}

@@ -1,0 +1,362 @@
+//! The writer thread: recovery, duplicate detection, group commit, segment roll-over and
+//! deletion.
+
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use bytes::BytesMut;
+use tokio::sync::{mpsc, watch};
+use tracing::{info, warn};
+
+use super::segment::{self, Segment};
+use super::{AppendRequest, Appended, Consumers, HighWater, Reply, WalError, WalRecord, snapshot};
+use crate::clock::Clock;
+
+/// Most requests one fsync covers; bounds the latency of the first request in a group.
+const MAX_GROUP: usize = 512;
+
+/// The state recovery found on disk.
+pub struct Recovered {
+    pub segments: Vec<Segment>,
+    pub high_water: HighWater,
+    pub next_seq: u64,
+    pub first_seq: u64,
+    /// Valid length of the newest segment, where appending continues.
+    pub tail_len: u64,
+}
+
+/// Rebuilds the high-water marks and finds where to append, cutting a torn tail.
+///
+/// # Errors
+/// I/O errors, corruption anywhere but the newest segment's tail, gaps between segments.
+pub fn recover(dir: &Path) -> Result<Recovered, WalError> {
+    // Segment files are created empty before being named in any state; drop leftovers of a
+    // crash at that moment only if they are empty and last.
+    let (mut high_water, snapshot_seq) = snapshot::load(dir)?;
+    let segments = segment::list(dir)?;
+    let mut next_seq = snapshot_seq + 1;
+    let mut tail_len = 0;
+    for (i, seg) in segments.iter().enumerate() {
+        if i > 0 && seg.first_seq != next_seq {
+            return Err(WalError::Corrupt {
+                path: seg.path.clone(),
+                offset: 0,
+                reason: format!(
+                    "segment starts at {} but the previous one ended at {}",
+                    seg.first_seq,
+                    next_seq - 1
+                ),
+            });
+        }
+        next_seq = seg.first_seq;
+        let scan = segment::scan(seg, |record| {
+            if let Some((_, end)) = record.range {
+                let mark = high_water.entry(record.source.clone()).or_insert(0);
+                *mark = (*mark).max(end);
+            }
+            next_seq = record.seq + 1;
+            Ok(())
+        })?;
+        if let Some(error) = scan.tail_error {
+            if i + 1 != segments.len() {
+                return Err(WalError::Corrupt {
+                    path: seg.path.clone(),
+                    offset: scan.valid_len,
+                    reason: error.to_string(),
+                });
+            }
+            // A torn tail was never acknowledged: the fsync that would have covered it did
+            // not return before the crash.
+            warn!(path = %seg.path.display(), valid_bytes = scan.valid_len, torn_bytes = scan.torn_bytes, %error, "Cutting torn tail off the WAL.");
+            metrics::counter!("tollstream_collector_wal_torn_bytes_total")
+                .increment(scan.torn_bytes);
+            segment::truncate(&seg.path, scan.valid_len)?;
+        }
+        tail_len = scan.valid_len;
+    }
+    let first_seq = segments.first().map_or(next_seq, |s| s.first_seq);
+    if !segments.is_empty() {
+        info!(dir = %dir.display(), segments = segments.len(), first_seq, last_seq = next_seq - 1, sources = high_water.len(), "Recovered WAL.");
+    }
+    Ok(Recovered {
+        segments,
+        high_water,
+        next_seq,
+        first_seq,
+        tail_len,
+    })
+}
+
+/// Owns the active segment; runs on its own thread.
+pub struct Writer {
+    dir: PathBuf,
+    segment_bytes: u64,
+    segments: Vec<Segment>,
+    file: File,
+    file_len: u64,
+    next_seq: u64,
+    high_water: HighWater,
+    durable_tx: watch::Sender<u64>,
+    consumers: Arc<Consumers>,
+    clock: Arc<dyn Clock>,
+    buf: BytesMut,
+}
+
+/// What to do with one request in a group.
+enum Decision {
+    Write(WalRecord, u32),
+    Done(Appended),
+    Fail(WalError),
+}
+
+impl Writer {
+    /// Opens (or creates) the newest segment for appending.
+    ///
+    /// # Errors
+    /// I/O errors.
+    pub fn new(
+        dir: &Path,
+        segment_bytes: u64,
+        recovered: Recovered,
+        durable_tx: watch::Sender<u64>,
+        consumers: Arc<Consumers>,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Self, WalError> {
+        let Recovered {
+            mut segments,
+            high_water,
+            next_seq,
+            tail_len,
+            ..
+        } = recovered;
+        if segments.is_empty() {
+            segments.push(create_segment(dir, next_seq)?);
+        }
+        let active = segments.last().map(|s| s.path.clone()).unwrap_or_default();
+        let file = OpenOptions::new()
+            .append(true)
+            .open(&active)
+            .map_err(|e| WalError::io("opening", &active, e))?;
+        Ok(Self {
+            dir: dir.to_path_buf(),
+            segment_bytes,
+            segments,
+            file,
+            file_len: tail_len,
+            next_seq,
+            high_water,
+            durable_tx,
+            consumers,
+            clock,
+            buf: BytesMut::with_capacity(4 << 20),
+        })
+    }
+
+    /// Serves requests until every [`super::Wal`] handle is dropped.
+    pub fn run(mut self, mut rx: mpsc::Receiver<(AppendRequest, Reply)>) {
+        let mut group = Vec::with_capacity(MAX_GROUP);
+        while let Some(first) = rx.blocking_recv() {
+            group.push(first);
+            while group.len() < MAX_GROUP {
+                match rx.try_recv() {
+                    Ok(next) => group.push(next),
+                    Err(_) => break,
+                }
+            }
+            self.commit(&mut group);
+            if self.file_len >= self.segment_bytes {
+                if let Err(error) = self.roll_over() {
+                    warn!(%error, "WAL segment roll-over failed; continuing in the current segment.");
+                }
+            }
+        }
+        info!(dir = %self.dir.display(), last_seq = self.next_seq - 1, "WAL writer stopped.");
+    }
+
+    /// Writes a group with one fsync and answers every request in it.
+    fn commit(&mut self, group: &mut Vec<(AppendRequest, Reply)>) {
+        self.buf.clear();
+        let start_seq = self.next_seq;
+        let received_at_us = self.clock.now().as_microsecond();
+        let mut undo: Vec<(String, Option<u64>)> = Vec::new();
+        let mut decisions = Vec::with_capacity(group.len());
+        for (request, _) in group.iter() {
+            let decision = self.decide(request, received_at_us, &mut undo);
+            if let Decision::Write(record, _) = &decision {
+                record.encode_into(&mut self.buf);
+            }
+            decisions.push(decision);
+        }
+        let result = if self.buf.is_empty() {
+            Ok(())
+        } else {
+            self.write_and_sync()
+        };
+        match result {
+            Ok(()) => {
+                self.file_len += self.buf.len() as u64;
+                if self.next_seq != start_seq {
+                    self.durable_tx.send_replace(self.next_seq - 1);
+                }
+                for ((_, reply), decision) in group.drain(..).zip(decisions) {
+                    let answer = match decision {
+                        Decision::Write(record, skipped) => Ok(Appended::Written {
+                            seq: record.seq,
+                            records: record.records,
+                            skipped_records: skipped,
+                            high_water: record.range.map(|(_, end)| end),
+                        }),
+                        Decision::Done(appended) => Ok(appended),
+                        Decision::Fail(error) => Err(error),
+                    };
+                    let _ = reply.send(answer); // The requester may have gone; nothing to do.
+                }
+            }
+            Err(error) => {
+                // Nothing of this group is acknowledged: cut the file back and forget the
+                // marks it set, so the agents' retries are written, not taken as duplicates.
+                warn!(%error, requests = group.len(), "WAL write failed; the batches will be retried by their senders.");
+                metrics::counter!("tollstream_collector_wal_write_errors_total").increment(1);
+                if let Err(cut) = self.file.set_len(self.file_len) {
+                    warn!(error = %cut, "Could not cut the WAL back after a failed write.");
+                }
+                for (source, previous) in undo.into_iter().rev() {
+                    match previous {
+                        Some(mark) => self.high_water.insert(source, mark),
+                        None => self.high_water.remove(&source),
+                    };
+                }
+                self.next_seq = start_seq;
+                let message = error.to_string();
+                for (_, reply) in group.drain(..) {
+                    let source = std::io::Error::other(message.clone());
+                    let _ = reply.send(Err(WalError::io("writing", &self.dir, source)));
+                }
+            }
+        }
+    }
+
+    fn write_and_sync(&mut self) -> Result<(), WalError> {
+        let started = tokio::time::Instant::now();
+        let path = self
+            .segments
+            .last()
+            .map(|s| s.path.clone())
+            .unwrap_or_default();
+        self.file
+            .write_all(&self.buf)
+            .map_err(|e| WalError::io("writing", &path, e))?;
+        self.file
+            .sync_data()
+            .map_err(|e| WalError::io("syncing", &path, e))?;
+        metrics::histogram!("tollstream_collector_wal_fsync_seconds")
+            .record(started.elapsed().as_secs_f64());
+        metrics::counter!("tollstream_collector_wal_bytes_total").increment(self.buf.len() as u64);
+        Ok(())
+    }
+
+    /// Applies duplicate detection to one request and assigns it a sequence number.
+    fn decide(
+        &mut self,
+        request: &AppendRequest,
+        received_at_us: i64,
+        undo: &mut Vec<(String, Option<u64>)>,
+    ) -> Decision {
+        let mut data = request.data.clone();
+        let mut range = request.range;
+        let mut skipped = 0u32;
+        if let Some((start, end)) = range {
+            let mark = self.high_water.get(&request.source).copied();
+            if let Some(mark) = mark {
+                if end <= mark {
+                    return Decision::Done(Appended::Duplicate {
+                        skipped_records: request.records,
+                        high_water: mark,
+                    });
+                }
+                if start < mark {
+                    let cut = (mark - start) as usize;
+                    if data.get(cut - 1) != Some(&b'\n') {
+                        return Decision::Fail(WalError::Misaligned {
+                            source_name: request.source.clone(),
+                            start,
+                            high_water: mark,
+                        });
+                    }
+                    skipped = memchr::memchr_iter(b'\n', &data[..cut]).count() as u32;
+                    data = data.slice(cut..);
+                    range = Some((mark, end));
+                }
+            }
+            if data.is_empty() {
+                return Decision::Done(Appended::Duplicate {
+                    skipped_records: 0,
+                    high_water: mark.unwrap_or(end).max(end),
+                });
+            }
+            undo.push((request.source.clone(), mark));
+            self.high_water.insert(request.source.clone(), end);
+        } else if data.is_empty() {
+            return Decision::Done(Appended::Duplicate {
+                skipped_records: 0,
+                high_water: 0,
+            });
+        }
+        let record = WalRecord {
+            seq: self.next_seq,
+            received_at_us,
+            source: request.source.clone(),
+            range,
+            records: request.records - skipped,
+            data,
+        };
+        self.next_seq += 1;
+        Decision::Write(record, skipped)
+    }
+
+    /// Starts a new segment, then deletes old ones every consumer has passed.
+    fn roll_over(&mut self) -> Result<(), WalError> {
+        self.segments
+            .push(create_segment(&self.dir, self.next_seq)?);
+        let active = self
+            .segments
+            .last()
+            .map(|s| s.path.clone())
+            .unwrap_or_default();
+        self.file = OpenOptions::new()
+            .append(true)
+            .open(&active)
+            .map_err(|e| WalError::io("opening", &active, e))?;
+        self.file_len = 0;
+        self.delete_consumed()
+    }
+
+    fn delete_consumed(&mut self) -> Result<(), WalError> {
+        let consumed = self.consumers.min();
+        // Segment i ends just before segment i+1 starts; the active one is never deleted.
+        let deletable = self
+            .segments
+            .windows(2)
+            .take_while(|w| w[1].first_seq - 1 <= consumed)
+            .count();
+        if deletable == 0 {
+            return Ok(());
+        }
+        // The marks of the records about to go must outlive them.
+        snapshot::store(&self.dir, &self.high_water, self.next_seq - 1)?;
+        for seg in self.segments.drain(..deletable) {
+            std::fs::remove_file(&seg.path).map_err(|e| WalError::io("deleting", &seg.path, e))?;
+            info!(path = %seg.path.display(), "Deleted consumed WAL segment.");
+        }
+        crate::fsutil::sync_dir(&self.dir).map_err(|e| WalError::io("syncing", &self.dir, e))
+    }
+}
+
+fn create_segment(dir: &Path, first_seq: u64) -> Result<Segment, WalError> {
+    let path = segment::segment_path(dir, first_seq);
+    File::create(&path).map_err(|e| WalError::io("creating", &path, e))?;
+    crate::fsutil::sync_dir(dir).map_err(|e| WalError::io("syncing", dir, e))?;
+    Ok(Segment { first_seq, path })
+}

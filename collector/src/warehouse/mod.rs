@@ -1,0 +1,277 @@
+//! Warehouse: loads archive objects, each exactly once, in one transaction with its
+//! manifest row.
+//!
+//! Input: [`ArchiveObject`]s from the buffer, plus on start every object the manifest does
+//! not hold yet. Output: rows in the stream's table, rejected lines in `rejected_records`,
+//! one row per object in `loads`.
+//!
+//! Exactly once: the manifest row (unique per stream and first sequence) commits in the
+//! same transaction as the rows, so an object is either fully loaded and recorded or not at
+//! all; loading it again finds the manifest row and does nothing. Inside the table, the
+//! stream's natural key catches duplicates that arrived without a byte range.
+//!
+//! A failing warehouse (locked, full, down) is retried with backoff, never skipped: the
+//! objects wait in the archive.
+
+mod sqlite;
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use jiff::Timestamp;
+use tokio::sync::mpsc;
+use tracing::{debug, info, warn};
+
+pub use sqlite::SqliteWarehouse;
+
+use crate::archive::{Archive, ArchiveObject, IndexEntry};
+use crate::schema::Schema;
+
+/// Why a load failed.
+#[derive(Debug, thiserror::Error)]
+pub enum WarehouseError {
+    /// The database refused or failed.
+    #[error("warehouse {action}: {source}")]
+    Sqlite {
+        /// What was being done.
+        action: &'static str,
+        /// The error.
+        #[source]
+        source: rusqlite::Error,
+    },
+    /// The object could not be read.
+    #[error(transparent)]
+    Archive(#[from] crate::archive::ArchiveError),
+}
+
+/// One object to load.
+pub struct LoadJob<'a> {
+    /// Stream name.
+    pub stream: &'a str,
+    /// Target table.
+    pub table: &'a str,
+    /// How lines become rows.
+    pub schema: &'a Schema,
+    /// The object's name relative to the archive root (manifest key).
+    pub object: String,
+    /// First WAL sequence in the object.
+    pub first_seq: u64,
+    /// Last WAL sequence in the object.
+    pub last_seq: u64,
+    /// Index from the object's header.
+    pub index: Vec<IndexEntry>,
+    /// The object's lines.
+    pub data: Vec<u8>,
+}
+
+/// One line of a [`LoadJob`] with where it came from.
+pub struct SourceLine<'a> {
+    /// Source name.
+    pub source: &'a str,
+    /// Byte offset of the line in the source, when known.
+    pub offset: Option<u64>,
+    /// When the collector accepted it.
+    pub received_at: Timestamp,
+    /// The line without its `\n`.
+    pub line: &'a [u8],
+}
+
+impl LoadJob<'_> {
+    /// Calls `visit` for every line in order.
+    pub fn for_each_line<E>(
+        &self,
+        mut visit: impl FnMut(SourceLine<'_>) -> Result<(), E>,
+    ) -> Result<(), E> {
+        let mut at = 0usize;
+        for entry in &self.index {
+            let end = at + entry.bytes as usize;
+            let chunk = &self.data[at..end];
+            let received_at =
+                Timestamp::from_microsecond(entry.received_at_us).unwrap_or(Timestamp::UNIX_EPOCH);
+            let mut line_start = 0usize;
+            for nl in memchr::memchr_iter(b'\n', chunk) {
+                visit(SourceLine {
+                    source: &entry.source,
+                    offset: entry.start.map(|s| s + line_start as u64),
+                    received_at,
+                    line: &chunk[line_start..nl],
+                })?;
+                line_start = nl + 1;
+            }
+            at = end;
+        }
+        Ok(())
+    }
+}
+
+/// What a load did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LoadOutcome {
+    /// The object was in the manifest already; nothing was written.
+    pub already_loaded: bool,
+    /// Rows inserted.
+    pub inserted: u64,
+    /// Lines whose natural key was already in the table.
+    pub duplicates: u64,
+    /// Lines rejected.
+    pub rejected: u64,
+}
+
+/// A warehouse backend. Calls run on a blocking thread.
+pub trait Warehouse: Send + 'static {
+    /// Creates the stream's tables and indexes if missing.
+    ///
+    /// # Errors
+    /// Database errors.
+    fn prepare(&mut self, table: &str, schema: &Schema) -> Result<(), WarehouseError>;
+
+    /// The last WAL sequence number of `stream` that the manifest holds (0 if none).
+    ///
+    /// # Errors
+    /// Database errors.
+    fn last_loaded(&mut self, stream: &str) -> Result<u64, WarehouseError>;
+
+    /// Loads one object atomically with its manifest row.
+    ///
+    /// # Errors
+    /// Database errors; nothing of the object is visible then.
+    fn load(&mut self, job: &LoadJob<'_>) -> Result<LoadOutcome, WarehouseError>;
+}
+
+/// Loads one stream's archive objects.
+pub struct Loader<W: Warehouse> {
+    /// Stream name.
+    pub stream: String,
+    /// Target table.
+    pub table: String,
+    /// Line format.
+    pub schema: Arc<Schema>,
+    /// The archive root, to name objects in the manifest.
+    pub archive_root: PathBuf,
+    /// The archive, to find objects not yet loaded on start.
+    pub archive: Archive,
+    /// The backend, shared between streams.
+    pub warehouse: Arc<Mutex<W>>,
+    /// New objects from the buffer.
+    pub objects: mpsc::Receiver<ArchiveObject>,
+}
+
+const RETRY_MIN: Duration = Duration::from_millis(200);
+const RETRY_MAX: Duration = Duration::from_secs(30);
+
+impl<W: Warehouse> Loader<W> {
+    /// Catches up with the archive, then loads objects as they come, until the buffer stops.
+    ///
+    /// # Errors
+    /// Only if the blocking pool is gone; load failures are retried.
+    pub async fn run(mut self) -> anyhow::Result<()> {
+        let mut loaded = self.blocking(|w, stream, _| w.last_loaded(stream)).await?;
+        let backlog = {
+            let (archive, stream) = (self.archive.clone(), self.stream.clone());
+            tokio::task::spawn_blocking(move || archive.list_after(&stream, loaded)).await??
+        };
+        if !backlog.is_empty() {
+            info!(stream = %self.stream, objects = backlog.len(), "Loading archive objects not yet in the warehouse.");
+        }
+        for object in backlog {
+            loaded = self.load_until_done(object, loaded).await;
+        }
+        while let Some(object) = self.objects.recv().await {
+            if object.last_seq > loaded {
+                loaded = self.load_until_done(object, loaded).await;
+            }
+        }
+        info!(stream = %self.stream, last_loaded_seq = loaded, "Loader stopped.");
+        Ok(())
+    }
+
+    /// Loads `object`, retrying with backoff until it succeeds; returns the new position.
+    async fn load_until_done(&mut self, object: ArchiveObject, loaded: u64) -> u64 {
+        if object.first_seq != loaded + 1 {
+            warn!(stream = %self.stream, expected = loaded + 1, found = object.first_seq, path = %object.path.display(), "Archive objects are not contiguous; were some removed by hand?");
+        }
+        let mut delay = RETRY_MIN;
+        loop {
+            let started = tokio::time::Instant::now();
+            match self.load_once(&object).await {
+                Ok(outcome) => {
+                    record_load(&self.stream, &outcome, started.elapsed());
+                    debug!(stream = %self.stream, path = %object.path.display(), ?outcome, "Loaded.");
+                    return object.last_seq;
+                }
+                Err(error) => {
+                    warn!(stream = %self.stream, path = %object.path.display(), error = format!("{error:#}"), retry_in = ?delay, "Load failed; will retry.");
+                    metrics::counter!("tollstream_collector_load_errors_total", "stream" => self.stream.clone()).increment(1);
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(RETRY_MAX);
+                }
+            }
+        }
+    }
+
+    async fn load_once(&self, object: &ArchiveObject) -> anyhow::Result<LoadOutcome> {
+        let name = object
+            .path
+            .strip_prefix(&self.archive_root)
+            .unwrap_or(&object.path)
+            .to_string_lossy()
+            .into_owned();
+        let (path, first_seq, last_seq) = (object.path.clone(), object.first_seq, object.last_seq);
+        let outcome = self
+            .blocking(move |w, stream, (table, schema)| {
+                let (index, data) = Archive::read(&path)?;
+                w.load(&LoadJob {
+                    stream,
+                    table,
+                    schema,
+                    object: name,
+                    first_seq,
+                    last_seq,
+                    index,
+                    data,
+                })
+            })
+            .await?;
+        Ok(outcome)
+    }
+
+    /// Runs `f` on a blocking thread with the backend locked.
+    async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut W, &str, (&str, &Schema)) -> Result<T, WarehouseError> + Send + 'static,
+    ) -> anyhow::Result<T> {
+        let (warehouse, stream, table, schema) = (
+            self.warehouse.clone(),
+            self.stream.clone(),
+            self.table.clone(),
+            self.schema.clone(),
+        );
+        let result = tokio::task::spawn_blocking(move || {
+            let mut warehouse = warehouse.lock().unwrap_or_else(|p| p.into_inner());
+            f(&mut warehouse, &stream, (&table, &schema))
+        })
+        .await?;
+        Ok(result?)
+    }
+}
+
+fn record_load(stream: &str, outcome: &LoadOutcome, took: Duration) {
+    let stream = stream.to_owned();
+    metrics::histogram!("tollstream_collector_load_duration_seconds", "stream" => stream.clone())
+        .record(took.as_secs_f64());
+    metrics::counter!("tollstream_collector_loaded_records_total", "stream" => stream.clone())
+        .increment(outcome.inserted);
+    metrics::counter!("tollstream_collector_rejected_records_total", "stream" => stream.clone())
+        .increment(outcome.rejected);
+    metrics::counter!("tollstream_collector_duplicate_records_total", "stream" => stream.clone(), "stage" => "warehouse").increment(outcome.duplicates);
+    metrics::counter!("tollstream_collector_loads_total", "stream" => stream).increment(1);
+}
+
+/// Opens the backend named by the warehouse URL.
+///
+/// # Errors
+/// Database errors opening or preparing it.
+pub fn open_sqlite(path: &Path) -> Result<SqliteWarehouse, WarehouseError> {
+    SqliteWarehouse::open(path)
+}

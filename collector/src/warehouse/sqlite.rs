@@ -1,0 +1,230 @@
+//! The embedded default warehouse: one SQLite file.
+//!
+//! WAL journal mode so `sqlite3` readers never block loading (nor the other way round);
+//! `synchronous = FULL` so a committed load survives power loss.
+
+use std::path::Path;
+
+use rusqlite::types::Value as SqlValue;
+use rusqlite::{Connection, OptionalExtension, params, params_from_iter};
+
+use super::{LoadJob, LoadOutcome, Warehouse, WarehouseError};
+use crate::schema::{ColumnType, Schema, Value, format_timestamp};
+
+/// A SQLite warehouse.
+pub struct SqliteWarehouse {
+    conn: Connection,
+}
+
+fn sql(action: &'static str) -> impl FnOnce(rusqlite::Error) -> WarehouseError {
+    move |source| WarehouseError::Sqlite { action, source }
+}
+
+const MANIFEST: &str = "
+CREATE TABLE IF NOT EXISTS loads (
+    load_id     INTEGER PRIMARY KEY,
+    stream      TEXT    NOT NULL,
+    object      TEXT    NOT NULL,
+    first_seq   INTEGER NOT NULL,
+    last_seq    INTEGER NOT NULL,
+    inserted    INTEGER NOT NULL DEFAULT 0,
+    duplicates  INTEGER NOT NULL DEFAULT 0,
+    rejected    INTEGER NOT NULL DEFAULT 0,
+    loaded_at   TEXT    NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')),
+    UNIQUE (stream, first_seq)
+);
+CREATE TABLE IF NOT EXISTS rejected_records (
+    id            INTEGER PRIMARY KEY,
+    load_id       INTEGER NOT NULL REFERENCES loads (load_id),
+    stream        TEXT    NOT NULL,
+    source        TEXT    NOT NULL,
+    source_offset INTEGER,
+    received_at   TEXT    NOT NULL,
+    reason        TEXT    NOT NULL,
+    line          BLOB    NOT NULL
+);
+";
+
+impl SqliteWarehouse {
+    /// Opens (creating if needed) the database file and its manifest tables.
+    ///
+    /// # Errors
+    /// Database errors.
+    pub fn open(path: &Path) -> Result<Self, WarehouseError> {
+        let conn = Connection::open(path).map_err(sql("open"))?;
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(sql("set journal_mode"))?;
+        conn.pragma_update(None, "synchronous", "FULL")
+            .map_err(sql("set synchronous"))?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))
+            .map_err(sql("set busy_timeout"))?;
+        conn.execute_batch(MANIFEST)
+            .map_err(sql("create manifest tables"))?;
+        Ok(Self { conn })
+    }
+}
+
+fn sql_type(ty: &ColumnType) -> &'static str {
+    match ty {
+        ColumnType::Text | ColumnType::Uuid | ColumnType::Timestamp => "TEXT",
+        ColumnType::Integer { .. } | ColumnType::Decimal { .. } => "INTEGER",
+    }
+}
+
+fn insert_sql(table: &str, schema: &Schema) -> String {
+    let columns: Vec<&str> = schema.columns.iter().map(|c| c.column).collect();
+    let params: Vec<String> = (1..=columns.len() + 3).map(|i| format!("?{i}")).collect();
+    format!(
+        "INSERT OR IGNORE INTO {table} ({}, source, received_at, load_id) VALUES ({})",
+        columns.join(", "),
+        params.join(", ")
+    )
+}
+
+impl Warehouse for SqliteWarehouse {
+    fn prepare(&mut self, table: &str, schema: &Schema) -> Result<(), WarehouseError> {
+        let mut columns: Vec<String> = schema
+            .columns
+            .iter()
+            .map(|c| {
+                let unique = if c.column == schema.unique_key {
+                    " PRIMARY KEY"
+                } else {
+                    ""
+                };
+                format!("    {} {} NOT NULL{unique}", c.column, sql_type(&c.ty))
+            })
+            .collect();
+        columns.push("    source TEXT NOT NULL".into());
+        columns.push("    received_at TEXT NOT NULL".into());
+        columns.push("    load_id INTEGER NOT NULL REFERENCES loads (load_id)".into());
+        let ddl = format!(
+            "CREATE TABLE IF NOT EXISTS {table} (\n{}\n);",
+            columns.join(",\n")
+        );
+        self.conn
+            .execute_batch(&ddl)
+            .map_err(sql("create stream table"))?;
+        if let Some(first) = schema
+            .columns
+            .iter()
+            .find(|c| c.ty == ColumnType::Timestamp)
+        {
+            let index = format!(
+                "CREATE INDEX IF NOT EXISTS {table}_{0} ON {table} ({0});",
+                first.column
+            );
+            self.conn
+                .execute_batch(&index)
+                .map_err(sql("create index"))?;
+        }
+        Ok(())
+    }
+
+    fn last_loaded(&mut self, stream: &str) -> Result<u64, WarehouseError> {
+        let last: i64 = self
+            .conn
+            .query_row(
+                "SELECT COALESCE(MAX(last_seq), 0) FROM loads WHERE stream = ?1",
+                [stream],
+                |r| r.get(0),
+            )
+            .map_err(sql("read manifest"))?;
+        Ok(u64::try_from(last).unwrap_or(0))
+    }
+
+    fn load(&mut self, job: &LoadJob<'_>) -> Result<LoadOutcome, WarehouseError> {
+        let tx = self.conn.transaction().map_err(sql("begin"))?;
+        let existing: Option<i64> = tx
+            .query_row(
+                "SELECT load_id FROM loads WHERE stream = ?1 AND first_seq = ?2",
+                params![job.stream, job.first_seq as i64],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(sql("read manifest"))?;
+        if existing.is_some() {
+            return Ok(LoadOutcome {
+                already_loaded: true,
+                ..LoadOutcome::default()
+            });
+        }
+        tx.execute(
+            "INSERT INTO loads (stream, object, first_seq, last_seq) VALUES (?1, ?2, ?3, ?4)",
+            params![
+                job.stream,
+                job.object,
+                job.first_seq as i64,
+                job.last_seq as i64
+            ],
+        )
+        .map_err(sql("write manifest"))?;
+        let load_id = tx.last_insert_rowid();
+        let mut outcome = LoadOutcome::default();
+        {
+            let mut insert = tx
+                .prepare_cached(&insert_sql(job.table, job.schema))
+                .map_err(sql("prepare insert"))?;
+            let mut reject = tx
+                .prepare_cached(
+                    "INSERT INTO rejected_records (load_id, stream, source, source_offset, received_at, reason, line) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                )
+                .map_err(sql("prepare reject"))?;
+            let mut values = Vec::with_capacity(job.schema.columns.len());
+            job.for_each_line(|line| {
+                let received_at = format_timestamp(line.received_at);
+                match job.schema.parse(line.line, &mut values) {
+                    Ok(()) => {
+                        let mut bound: Vec<SqlValue> = values.iter().map(to_sql).collect();
+                        bound.push(SqlValue::Text(line.source.to_owned()));
+                        bound.push(SqlValue::Text(received_at));
+                        bound.push(SqlValue::Integer(load_id));
+                        match insert
+                            .execute(params_from_iter(&bound))
+                            .map_err(sql("insert row"))?
+                        {
+                            0 => outcome.duplicates += 1,
+                            _ => outcome.inserted += 1,
+                        }
+                    }
+                    Err(reason) => {
+                        let offset = line.offset.map(|o| o as i64);
+                        reject
+                            .execute(params![
+                                load_id,
+                                job.stream,
+                                line.source,
+                                offset,
+                                received_at,
+                                reason,
+                                line.line
+                            ])
+                            .map_err(sql("insert rejected record"))?;
+                        outcome.rejected += 1;
+                    }
+                }
+                Ok::<(), WarehouseError>(())
+            })?;
+        }
+        tx.execute(
+            "UPDATE loads SET inserted = ?1, duplicates = ?2, rejected = ?3 WHERE load_id = ?4",
+            params![
+                outcome.inserted as i64,
+                outcome.duplicates as i64,
+                outcome.rejected as i64,
+                load_id
+            ],
+        )
+        .map_err(sql("update manifest"))?;
+        tx.commit().map_err(sql("commit"))?;
+        Ok(outcome)
+    }
+}
+
+fn to_sql(value: &Value) -> SqlValue {
+    match value {
+        Value::Text(text) => SqlValue::Text(text.clone()),
+        Value::Integer(n) => SqlValue::Integer(*n),
+        Value::Timestamp(ts) => SqlValue::Text(format_timestamp(*ts)),
+    }
+}
