@@ -1,1 +1,128 @@
+//! tollstream agent: follows log files and ships every line exactly once to a collector.
+//!
+//! ```text
+//! discover ─► tail ─► batch ─► ship
+//!               ▲                │
+//!           checkpoint ◄─────────┘ (after the collector's ack)
+//! ```
+//!
+//! The log files are the buffer: nothing is held that is not still on disk, and a
+//! checkpoint only ever records what the collector acknowledged.
 
+#![forbid(unsafe_code)]
+
+pub mod batch;
+pub mod checkpoint;
+pub mod clock;
+pub mod config;
+pub mod discover;
+pub mod metrics;
+pub mod ship;
+pub mod tail;
+
+use std::sync::{Arc, Mutex};
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::checkpoint::Checkpointer;
+use crate::clock::Clock;
+use crate::config::Config;
+use crate::discover::Discoverer;
+use crate::ship::Shipper;
+
+/// Reads the bearer token: the first non-empty line of the token file.
+///
+/// # Errors
+/// An unreadable or empty file.
+pub fn read_token(path: &std::path::Path) -> anyhow::Result<String> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading collector.token_file {}", path.display()))?;
+    text.lines()
+        .map(str::trim)
+        .find(|l| !l.is_empty())
+        .map(str::to_owned)
+        .ok_or_else(|| anyhow::anyhow!("collector.token_file {} is empty", path.display()))
+}
+
+/// Runs the agent until `shutdown` is cancelled, then stops reading, waits up to
+/// `shutdown_grace` for batches in flight, writes the checkpoint and returns.
+///
+/// # Errors
+/// Start-up failures: unreadable token, state directory or checkpoints.
+pub async fn run(
+    config: Config,
+    metrics_listener: Option<TcpListener>,
+    metrics: metrics_exporter_prometheus::PrometheusHandle,
+    clock: Arc<dyn Clock>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&config.state_dir)
+        .with_context(|| format!("creating state_dir {}", config.state_dir.display()))?;
+    let token = read_token(&config.collector.token_file)?;
+    let checkpoints = checkpoint::load(&config.state_dir, clock.as_ref())?;
+    let checkpoints = Arc::new(Mutex::new(checkpoints));
+    let give_up = CancellationToken::new();
+    let collector = &config.collector;
+    let shipper = Shipper::new(
+        &collector.url,
+        &token,
+        collector.request_timeout,
+        collector.max_in_flight,
+        collector.gzip_level,
+        give_up.clone(),
+    )?;
+    let (ship_tx, ship_rx) = mpsc::channel(collector.max_in_flight * 2);
+    let config = Arc::new(config);
+
+    let stop_checkpointer = CancellationToken::new();
+    let checkpointer = Checkpointer {
+        checkpoints: checkpoints.clone(),
+        dir: config.state_dir.clone(),
+        interval: config.checkpoint_interval,
+    };
+    let checkpointer = tokio::spawn(checkpointer.run(stop_checkpointer.clone()));
+    let shipper = tokio::spawn(shipper.run(ship_rx));
+    if let Some(listener) = metrics_listener {
+        let addr = listener.local_addr()?;
+        let token = shutdown.clone();
+        tokio::spawn(async move {
+            if let Err(error) = axum::serve(listener, metrics::router(metrics))
+                .with_graceful_shutdown(token.cancelled_owned())
+                .await
+            {
+                warn!(%error, "Metrics server failed.");
+            }
+        });
+        info!(%addr, "Serving /metrics, /healthz, /readyz.");
+    }
+    let discoverer = Discoverer::new(
+        config.clone(),
+        checkpoints,
+        ship_tx,
+        clock,
+        shutdown.clone(),
+    );
+    info!(agent_id = config.agent_id(), collector = %config.collector.url, flows = config.flows.len(), "Agent started.");
+    let discovery = tokio::spawn(discoverer.run());
+
+    shutdown.cancelled().await;
+    info!(grace = ?config.shutdown_grace, "Stopping: no more reading; waiting for batches in flight.");
+    // Past the grace period the shipper stops retrying; unacknowledged batches stay in
+    // their files and are sent again (and deduplicated) after the next start.
+    let grace = config.shutdown_grace;
+    let timer = give_up.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(grace).await;
+        timer.cancel();
+    });
+    discovery.await.context("discovery task")?;
+    shipper.await.context("shipper task")?;
+    stop_checkpointer.cancel();
+    checkpointer.await.context("checkpointer task")?;
+    info!("Agent stopped; checkpoint written.");
+    Ok(())
+}

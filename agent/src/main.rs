@@ -1,1 +1,128 @@
-fn main() {}
+//! `tollstream-agent`: parse the command line, load the config, run.
+
+#![forbid(unsafe_code)]
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
+
+use tollstream_agent::clock::SystemClock;
+use tollstream_agent::config::Config;
+
+/// Exit code for a configuration error (EX_USAGE in sysexits.h).
+const EXIT_CONFIG: u8 = 64;
+
+/// Follows toll log files and ships every line exactly once to a tollstream collector.
+#[derive(Parser)]
+#[command(version, about, long_about = None)]
+struct Cli {
+    /// Path of the YAML configuration file.
+    #[arg(
+        long,
+        short,
+        global = true,
+        default_value = "/etc/tollstream/agent.yaml"
+    )]
+    config: PathBuf,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the agent (the default).
+    Run,
+    /// Validate the configuration, print the effective config, and exit.
+    CheckConfig,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing();
+    let config = match Config::load(&cli.config) {
+        Ok(config) => config,
+        Err(error) => {
+            eprintln!("tollstream-agent: invalid configuration: {error}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    match cli.command.unwrap_or(Command::Run) {
+        Command::CheckConfig => match serde_json::to_string_pretty(&config) {
+            Ok(text) => {
+                println!("{text}");
+                ExitCode::SUCCESS
+            }
+            Err(error) => {
+                eprintln!("tollstream-agent: printing the effective configuration: {error}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Run => match serve(config) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(error) => {
+                tracing::error!(error = format!("{error:#}"), "Agent failed.");
+                eprintln!("tollstream-agent: {error:#}");
+                ExitCode::FAILURE
+            }
+        },
+    }
+}
+
+fn serve(config: Config) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(async move {
+        let metrics_listener = match config.metrics_listen {
+            Some(addr) => Some(
+                tokio::net::TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("binding metrics_listen address {addr}"))?,
+            ),
+            None => None,
+        };
+        let handle = tollstream_agent::metrics::install()?;
+        let shutdown = CancellationToken::new();
+        tokio::spawn(wait_for_signal(shutdown.clone()));
+        tollstream_agent::run(
+            config,
+            metrics_listener,
+            handle,
+            Arc::new(SystemClock),
+            shutdown,
+        )
+        .await
+    })
+}
+
+/// Cancels `token` on SIGTERM or SIGINT.
+async fn wait_for_signal(token: CancellationToken) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::warn!("Could not install signal handlers; stop with SIGKILL.");
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received; shutting down."),
+        _ = int.recv() => tracing::info!("SIGINT received; shutting down."),
+    }
+    token.cancel();
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("TOLLSTREAM_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+}

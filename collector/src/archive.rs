@@ -245,15 +245,15 @@ impl Archive {
             let Some((first, last)) = range.split_once('-') else {
                 continue;
             };
-            if let (Ok(first_seq), Ok(last_seq)) = (first.parse::<u64>(), last.parse::<u64>()) {
-                if last_seq > after {
-                    out.push(ArchiveObject {
-                        stream: stream.into(),
-                        first_seq,
-                        last_seq,
-                        path,
-                    });
-                }
+            if let (Ok(first_seq), Ok(last_seq)) = (first.parse::<u64>(), last.parse::<u64>())
+                && last_seq > after
+            {
+                out.push(ArchiveObject {
+                    stream: stream.into(),
+                    first_seq,
+                    last_seq,
+                    path,
+                });
             }
         }
         Ok(())

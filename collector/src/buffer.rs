@@ -91,10 +91,10 @@ pub fn adopt_written_objects(
             Some(object) => {
                 info!(stream, path = %object.path.display(), "Found an archive object written before the last stop; continuing after it.");
                 position = object.last_seq;
-                *reader = Reader::new(&reader.dir().to_path_buf(), position + 1);
+                *reader = Reader::new(reader.dir(), position + 1);
             }
             None => {
-                *reader = Reader::new(&reader.dir().to_path_buf(), position + 1);
+                *reader = Reader::new(reader.dir(), position + 1);
                 return Ok(position);
             }
         }

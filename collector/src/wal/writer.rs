@@ -166,10 +166,10 @@ impl Writer {
                 }
             }
             self.commit(&mut group);
-            if self.file_len >= self.segment_bytes {
-                if let Err(error) = self.roll_over() {
-                    warn!(%error, "WAL segment roll-over failed; continuing in the current segment.");
-                }
+            if self.file_len >= self.segment_bytes
+                && let Err(error) = self.roll_over()
+            {
+                warn!(%error, "WAL segment roll-over failed; continuing in the current segment.");
             }
         }
         info!(dir = %self.dir.display(), last_seq = self.next_seq - 1, "WAL writer stopped.");

@@ -1,0 +1,206 @@
+//! Batching: whole lines of one file gathered until a count, size or age limit.
+//!
+//! Input: chunks of complete lines read by a tailer, contiguous in the file. Output: a
+//! [`Batch`] naming its source and byte range, which is what makes a resend recognisable
+//! at the collector. Nothing here touches the disk; a batch not yet acknowledged is still
+//! in the log file, where the next start finds it again.
+
+use std::io::Write;
+
+use bytes::{Bytes, BytesMut};
+use tokio::time::Instant;
+
+use crate::config::BatchConfig;
+
+/// A contiguous run of whole lines from one file, ready to send.
+#[derive(Debug, Clone)]
+pub struct Batch {
+    /// Collector stream.
+    pub stream: String,
+    /// Agent id + file identity.
+    pub source: String,
+    /// Offset of the first byte in the file.
+    pub start: u64,
+    /// Number of lines.
+    pub records: usize,
+    /// The lines, each ending in `\n`.
+    pub data: Bytes,
+}
+
+impl Batch {
+    /// Offset just past the last byte.
+    pub fn end(&self) -> u64 {
+        self.start + self.data.len() as u64
+    }
+
+    /// The request body: gzip at `level`, or the raw lines at level 0.
+    pub fn encode(&self, level: u32) -> Bytes {
+        if level == 0 {
+            return self.data.clone();
+        }
+        let mut encoder = flate2::write::GzEncoder::new(
+            Vec::with_capacity(self.data.len() / 3),
+            flate2::Compression::new(level),
+        );
+        // Writing into a Vec cannot fail.
+        let _ = encoder.write_all(&self.data);
+        Bytes::from(encoder.finish().unwrap_or_default())
+    }
+}
+
+/// Lines read but not yet sent.
+#[derive(Debug)]
+pub struct Pending {
+    start: u64,
+    data: BytesMut,
+    records: usize,
+    since: Option<Instant>,
+}
+
+impl Pending {
+    /// An empty batch that will start at `start`.
+    pub fn new(start: u64) -> Self {
+        Self {
+            start,
+            data: BytesMut::new(),
+            records: 0,
+            since: None,
+        }
+    }
+
+    /// File offset where the next chunk must begin.
+    pub fn next_offset(&self) -> u64 {
+        self.start + self.data.len() as u64
+    }
+
+    /// Whether nothing is pending.
+    pub fn is_empty(&self) -> bool {
+        self.records == 0
+    }
+
+    /// Room left before a limit: (lines, bytes).
+    pub fn room(&self, limits: &BatchConfig) -> (usize, u64) {
+        (
+            limits.max_records.saturating_sub(self.records),
+            limits.max_bytes.saturating_sub(self.data.len() as u64),
+        )
+    }
+
+    /// Whether a count or size limit is reached.
+    pub fn is_full(&self, limits: &BatchConfig) -> bool {
+        let (lines, bytes) = self.room(limits);
+        lines == 0 || bytes == 0
+    }
+
+    /// When the age limit makes the batch due, if anything is pending.
+    pub fn deadline(&self, limits: &BatchConfig) -> Option<Instant> {
+        self.since.map(|t| t + limits.max_age)
+    }
+
+    /// Whether the batch should be sent now.
+    pub fn is_due(&self, limits: &BatchConfig, now: Instant) -> bool {
+        !self.is_empty()
+            && (self.is_full(limits) || self.deadline(limits).is_some_and(|d| now >= d))
+    }
+
+    /// Appends whole lines that follow directly after what is pending.
+    pub fn push(&mut self, lines: &[u8], records: usize, now: Instant) {
+        if records == 0 {
+            return;
+        }
+        self.since.get_or_insert(now);
+        self.data.extend_from_slice(lines);
+        self.records += records;
+    }
+
+    /// Takes the pending lines as a batch; the next batch starts where this one ends.
+    pub fn take(&mut self, stream: &str, source: &str) -> Batch {
+        let data = self.data.split().freeze();
+        let batch = Batch {
+            stream: stream.to_owned(),
+            source: source.to_owned(),
+            start: self.start,
+            records: self.records,
+            data,
+        };
+        self.start = batch.end();
+        self.records = 0;
+        self.since = None;
+        batch
+    }
+}
+
+/// Splits `buf` (bytes read from the file) at the end of its last whole line, or of its
+/// `max_records`-th line if that comes first. Returns (bytes, lines); (0, 0) when `buf`
+/// holds no complete line.
+pub fn whole_lines(buf: &[u8], max_records: usize) -> (usize, usize) {
+    let mut end = 0;
+    let mut lines = 0;
+    for nl in memchr::memchr_iter(b'\n', buf) {
+        end = nl + 1;
+        lines += 1;
+        if lines == max_records {
+            break;
+        }
+    }
+    (end, lines)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn limits() -> BatchConfig {
+        BatchConfig {
+            max_records: 3,
+            max_bytes: 1000,
+            max_age: Duration::from_secs(1),
+        }
+    }
+
+    #[test]
+    fn partial_last_line_waits_for_its_newline() {
+        assert_eq!(whole_lines(b"one\ntwo\nthr", 100), (8, 2));
+        assert_eq!(whole_lines(b"no newline yet", 100), (0, 0));
+        assert_eq!(whole_lines(b"a\nb\nc\nd\n", 3), (6, 3));
+        assert_eq!(whole_lines(b"", 3), (0, 0));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn batch_is_due_when_full_or_old() {
+        let mut pending = Pending::new(100);
+        let now = Instant::now();
+        assert!(!pending.is_due(&limits(), now));
+        pending.push(b"a\nb\n", 2, now);
+        assert!(!pending.is_due(&limits(), now));
+        assert!(
+            pending.is_due(&limits(), now + Duration::from_secs(1)),
+            "old enough"
+        );
+        pending.push(b"c\n", 1, now);
+        assert!(pending.is_due(&limits(), now), "three lines fill it");
+        let batch = pending.take("s", "src");
+        assert_eq!((batch.start, batch.end(), batch.records), (100, 106, 3));
+        assert_eq!(pending.next_offset(), 106);
+        assert!(pending.is_empty());
+    }
+
+    #[test]
+    fn gzip_body_decodes_to_the_lines() {
+        use std::io::Read;
+        let batch = Batch {
+            stream: "s".into(),
+            source: "x".into(),
+            start: 0,
+            records: 2,
+            data: Bytes::from_static(b"a,b\nc,d\n"),
+        };
+        let mut out = Vec::new();
+        flate2::read::GzDecoder::new(&batch.encode(2)[..])
+            .read_to_end(&mut out)
+            .expect("gzip");
+        assert_eq!(out, b"a,b\nc,d\n");
+        assert_eq!(&batch.encode(0)[..], b"a,b\nc,d\n");
+    }
+}

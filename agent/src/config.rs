@@ -1,0 +1,392 @@
+//! Agent configuration: YAML in, a validated [`Config`] out.
+//!
+//! Unknown keys are rejected so a misspelt key fails at start. Relative paths (state
+//! directory, token file, watched globs) resolve against the config file's directory.
+//! `TOLLSTREAM_AGENT_ID` and `TOLLSTREAM_COLLECTOR_URL` override the two settings that
+//! differ from host to host.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// Why a configuration could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("reading {path}: {source}")]
+    Read {
+        /// The config file.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The YAML was malformed or a key had the wrong type.
+    #[error("{path}: {key}: {message}")]
+    Parse {
+        /// The config file.
+        path: PathBuf,
+        /// The key path, e.g. `flows[0].batch.max_bytes`.
+        key: String,
+        /// What the parser expected, with line and column.
+        message: String,
+    },
+    /// The values parsed but do not make sense together.
+    #[error("{path}: {message}")]
+    Invalid {
+        /// The config file.
+        path: PathBuf,
+        /// Which key is wrong and how to fix it.
+        message: String,
+    },
+}
+
+/// The whole agent configuration.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// This agent's name in every batch's source; default: the host name.
+    #[serde(default)]
+    pub agent_id: Option<String>,
+    /// Where checkpoints live.
+    #[serde(default = "default_state_dir")]
+    pub state_dir: PathBuf,
+    /// The collector to ship to.
+    pub collector: CollectorConfig,
+    /// Address for `/metrics`, `/healthz`, `/readyz`; none disables them.
+    #[serde(default)]
+    pub metrics_listen: Option<SocketAddr>,
+    /// How often a file at its end is checked for growth when no file event arrives.
+    #[serde(default = "default_poll_interval", with = "duration")]
+    pub poll_interval: Duration,
+    /// How often the globs are expanded again (catches what file events miss).
+    #[serde(default = "default_rescan_interval", with = "duration")]
+    pub rescan_interval: Duration,
+    /// How often acknowledged offsets are written to disk.
+    #[serde(default = "default_checkpoint_interval", with = "duration")]
+    pub checkpoint_interval: Duration,
+    /// After a file is renamed away or deleted, how long it must stay quiet before it is
+    /// let go (a writer may still append to it until it reopens its log).
+    #[serde(default = "default_rotate_wait", with = "duration")]
+    pub rotate_wait: Duration,
+    /// How long SIGTERM waits for batches in flight to be acknowledged.
+    #[serde(default = "default_shutdown_grace", with = "duration")]
+    pub shutdown_grace: Duration,
+    /// What to watch and where it goes.
+    pub flows: Vec<FlowConfig>,
+}
+
+/// Where batches go.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct CollectorConfig {
+    /// Base URL, e.g. `http://collector.example:8700`.
+    pub url: String,
+    /// File holding the bearer token (first non-empty line).
+    pub token_file: PathBuf,
+    /// Timeout of one request, including the collector's fsync.
+    #[serde(default = "default_request_timeout", with = "duration")]
+    pub request_timeout: Duration,
+    /// Batches in flight at once over all files (one per file at a time).
+    #[serde(default = "default_max_in_flight")]
+    pub max_in_flight: usize,
+    /// gzip level 0-9 for request bodies; 0 sends them uncompressed.
+    #[serde(default = "default_gzip_level")]
+    pub gzip_level: u32,
+}
+
+/// One set of files feeding one stream.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct FlowConfig {
+    /// Collector stream name.
+    pub stream: String,
+    /// Glob patterns of files to follow (`*`, `?`, `[..]`, `**`).
+    pub paths: Vec<String>,
+    /// Glob patterns matched against the file name to skip, e.g. `*.gz`.
+    #[serde(default)]
+    pub exclude: Vec<String>,
+    /// Where to start in files that exist at start-up and were never seen before.
+    #[serde(default)]
+    pub start_at: StartAt,
+    /// When a batch is cut.
+    #[serde(default)]
+    pub batch: BatchConfig,
+}
+
+/// Where reading starts in a file with no checkpoint.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StartAt {
+    /// From byte 0.
+    #[default]
+    Beginning,
+    /// After the last complete line present at start-up. Files that appear later are
+    /// always read from the beginning, so nothing written after start-up is skipped.
+    End,
+}
+
+/// A batch is sent once any limit is reached.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BatchConfig {
+    /// Most lines in one batch.
+    pub max_records: usize,
+    /// Most bytes of lines in one batch (a single longer line is still sent whole).
+    #[serde(with = "size")]
+    pub max_bytes: u64,
+    /// Longest a line waits in the agent before its batch is sent.
+    #[serde(with = "duration")]
+    pub max_age: Duration,
+}
+
+impl Default for BatchConfig {
+    fn default() -> Self {
+        Self {
+            max_records: 5000,
+            max_bytes: 1 << 20,
+            max_age: Duration::from_secs(1),
+        }
+    }
+}
+
+fn default_state_dir() -> PathBuf {
+    PathBuf::from("/var/lib/tollstream-agent")
+}
+fn default_poll_interval() -> Duration {
+    Duration::from_millis(250)
+}
+fn default_rescan_interval() -> Duration {
+    Duration::from_secs(5)
+}
+fn default_checkpoint_interval() -> Duration {
+    Duration::from_secs(1)
+}
+fn default_rotate_wait() -> Duration {
+    Duration::from_secs(5)
+}
+fn default_shutdown_grace() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_request_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_max_in_flight() -> usize {
+    8
+}
+fn default_gzip_level() -> u32 {
+    2
+}
+
+impl Config {
+    /// Reads, parses, applies environment overrides, resolves paths and validates.
+    ///
+    /// # Errors
+    /// [`ConfigError`] naming the file, the key path and what was expected.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let mut config = Self::parse(&text, path)?;
+        if let Ok(id) = std::env::var("TOLLSTREAM_AGENT_ID") {
+            config.agent_id = Some(id);
+        }
+        if let Ok(url) = std::env::var("TOLLSTREAM_COLLECTOR_URL") {
+            config.collector.url = url;
+        }
+        let base = path.parent().unwrap_or(Path::new("."));
+        config.state_dir = resolve(base, &config.state_dir);
+        config.collector.token_file = resolve(base, &config.collector.token_file);
+        for flow in &mut config.flows {
+            for pattern in &mut flow.paths {
+                *pattern = resolve(base, Path::new(pattern.as_str()))
+                    .to_string_lossy()
+                    .into_owned();
+            }
+        }
+        if config.agent_id.is_none() {
+            config.agent_id = Some(gethostname::gethostname().to_string_lossy().into_owned());
+        }
+        config.validate(path)?;
+        Ok(config)
+    }
+
+    /// Parses YAML text; `path` is only used in messages.
+    ///
+    /// # Errors
+    /// [`ConfigError::Parse`] with the key path, line and column.
+    pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        let de = yaml_serde::Deserializer::from_str(text);
+        serde_path_to_error::deserialize(de).map_err(|e| ConfigError::Parse {
+            path: path.to_path_buf(),
+            key: e.path().to_string(),
+            message: e.inner().to_string(),
+        })
+    }
+
+    /// Checks values that parse but cannot work.
+    ///
+    /// # Errors
+    /// [`ConfigError::Invalid`] naming the key and how to fix it.
+    pub fn validate(&self, path: &Path) -> Result<(), ConfigError> {
+        let invalid = |message: String| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            message,
+        };
+        let id = self.agent_id.as_deref().unwrap_or("");
+        if id.is_empty() || id.len() > 128 || !id.bytes().all(|b| b.is_ascii_graphic() && b != b'/')
+        {
+            return Err(invalid(format!(
+                "agent_id: {id:?} must be 1-128 visible ASCII characters without '/'"
+            )));
+        }
+        if !(self.collector.url.starts_with("http://")
+            || self.collector.url.starts_with("https://"))
+        {
+            return Err(invalid(format!(
+                "collector.url: {:?} must start with http:// or https://",
+                self.collector.url
+            )));
+        }
+        if self.collector.max_in_flight == 0 {
+            return Err(invalid("collector.max_in_flight must be > 0".into()));
+        }
+        if self.collector.gzip_level > 9 {
+            return Err(invalid("collector.gzip_level must be 0-9".into()));
+        }
+        if self.flows.is_empty() {
+            return Err(invalid("flows must list at least one flow".into()));
+        }
+        for (i, flow) in self.flows.iter().enumerate() {
+            if flow.stream.is_empty() {
+                return Err(invalid(format!("flows[{i}].stream must not be empty")));
+            }
+            if flow.paths.is_empty() {
+                return Err(invalid(format!(
+                    "flows[{i}].paths must list at least one glob"
+                )));
+            }
+            for pattern in flow.paths.iter().chain(&flow.exclude) {
+                glob::Pattern::new(pattern).map_err(|e| {
+                    invalid(format!("flows[{i}]: {pattern:?} is not a valid glob: {e}"))
+                })?;
+            }
+            if flow.batch.max_records == 0 || flow.batch.max_bytes == 0 {
+                return Err(invalid(format!(
+                    "flows[{i}].batch.max_records and max_bytes must be > 0"
+                )));
+            }
+        }
+        for (name, value) in [
+            ("poll_interval", self.poll_interval),
+            ("rescan_interval", self.rescan_interval),
+            ("checkpoint_interval", self.checkpoint_interval),
+        ] {
+            if value < Duration::from_millis(10) {
+                return Err(invalid(format!("{name} must be >= 10ms")));
+            }
+        }
+        Ok(())
+    }
+
+    /// The agent id (set by [`Config::load`]).
+    pub fn agent_id(&self) -> &str {
+        self.agent_id.as_deref().unwrap_or("agent")
+    }
+}
+
+fn resolve(base: &Path, path: &Path) -> PathBuf {
+    if path.is_absolute() {
+        path.to_path_buf()
+    } else {
+        base.join(path)
+    }
+}
+
+/// `humantime` durations such as `500ms`, `2s`, `10m`.
+mod duration {
+    use super::*;
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(de: D) -> Result<Duration, D::Error> {
+        let text = String::deserialize(de)?;
+        humantime::parse_duration(&text).map_err(|e| {
+            serde::de::Error::custom(format!("{text:?} is not a duration like 500ms or 2s: {e}"))
+        })
+    }
+
+    pub fn serialize<S: Serializer>(value: &Duration, ser: S) -> Result<S::Ok, S::Error> {
+        ser.serialize_str(&humantime::format_duration(*value).to_string())
+    }
+}
+
+/// Sizes such as `4MiB`, `512KiB` or a plain number of bytes.
+mod size {
+    use super::*;
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(de: D) -> Result<u64, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Number(u64),
+            Text(String),
+        }
+        match Raw::deserialize(de)? {
+            Raw::Number(n) => Ok(n),
+            Raw::Text(text) => text
+                .parse::<bytesize::ByteSize>()
+                .map(|s| s.as_u64())
+                .map_err(|e| {
+                    serde::de::Error::custom(format!("{text:?} is not a size like 4MiB: {e}"))
+                }),
+        }
+    }
+
+    pub fn serialize<S: Serializer>(value: &u64, ser: S) -> Result<S::Ok, S::Error> {
+        ser.serialize_str(&bytesize::ByteSize(*value).display().iec().to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = "collector:\n  url: http://127.0.0.1:8700\n  token_file: token\nflows:\n  - stream: toll-transactions\n    paths: [\"/var/log/toll/*.log\"]\n";
+
+    #[test]
+    fn minimal_config_gets_documented_defaults() {
+        let mut config = Config::parse(MINIMAL, Path::new("a.yaml")).expect("parses");
+        config.agent_id = Some("booth-1".into());
+        config.validate(Path::new("a.yaml")).expect("valid");
+        let flow = &config.flows[0];
+        assert_eq!(flow.start_at, StartAt::Beginning);
+        assert_eq!(flow.batch.max_records, 5000);
+        assert_eq!(flow.batch.max_bytes, 1 << 20);
+        assert_eq!(config.poll_interval, Duration::from_millis(250));
+    }
+
+    #[test]
+    fn misspelt_key_is_rejected_with_its_path() {
+        let text = MINIMAL.replace(
+            "    paths:",
+            "    start_at: end\n    batch: { max_recods: 5 }\n    paths:",
+        );
+        let err = Config::parse(&text, Path::new("a.yaml")).expect_err("rejected");
+        let message = err.to_string();
+        assert!(
+            message.contains("flows[0].batch") && message.contains("max_recods"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn bad_glob_is_named() {
+        let mut config =
+            Config::parse(&MINIMAL.replace("*.log", "[.log"), Path::new("a.yaml")).expect("parses");
+        config.agent_id = Some("a".into());
+        let err = config.validate(Path::new("a.yaml")).expect_err("invalid");
+        assert!(err.to_string().contains("not a valid glob"), "{err}");
+    }
+}

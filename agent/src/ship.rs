@@ -1,0 +1,301 @@
+//! Shipping: POSTs batches to the collector until each is acknowledged.
+//!
+//! Input: [`ShipRequest`]s from tailers (at most one in flight per file, so a file's
+//! batches arrive in order). Output: an ack per request, sent only after the collector
+//! answered 2xx — which it does only once the batch is durable.
+//!
+//! Never drops a batch. Network errors, timeouts, 408, 429 and 5xx (but 501) are retried
+//! with capped exponential backoff and full jitter, honouring `Retry-After`. Anything else
+//! (401, 403, 404, 409, 413, …) cannot succeed by retrying soon: the flow is paused loudly
+//! (ERROR log, metric) and retried slowly, in case an operator fixes the cause.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use reqwest::StatusCode;
+use reqwest::header::{AUTHORIZATION, CONTENT_ENCODING, CONTENT_TYPE, HeaderValue, RETRY_AFTER};
+use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+use tracing::{error, warn};
+
+use crate::batch::Batch;
+
+/// Delay before retrying a permanent error (wrong token, unknown stream).
+const PERMANENT_RETRY: Duration = Duration::from_secs(30);
+
+/// A batch and where to report its acknowledgement.
+pub struct ShipRequest {
+    /// The batch.
+    pub batch: Batch,
+    /// Receives `Ok` once the collector made it durable, `Err` if shutdown came first.
+    pub ack: oneshot::Sender<Result<(), ShipError>>,
+}
+
+/// Why a batch was not acknowledged.
+#[derive(Debug, thiserror::Error)]
+pub enum ShipError {
+    /// The agent is stopping; the batch stays in the file for the next start.
+    #[error("shutting down before the batch was acknowledged")]
+    ShuttingDown,
+}
+
+/// Capped exponential backoff with full jitter.
+#[derive(Debug, Clone, Copy)]
+pub struct Backoff {
+    min: Duration,
+    max: Duration,
+}
+
+impl Backoff {
+    /// A backoff from `min` doubling up to `max`.
+    ///
+    /// # Errors
+    /// When `min` is zero or `max < min`.
+    pub fn try_new(min: Duration, max: Duration) -> Result<Self, String> {
+        if min.is_zero() {
+            return Err("backoff minimum must be > 0".into());
+        }
+        if max < min {
+            return Err("backoff maximum must not be less than minimum".into());
+        }
+        Ok(Self { min, max })
+    }
+
+    /// Delay before retry number `attempt` (0-based): uniform in `[0, min * 2^attempt]`,
+    /// capped at `max`, never below a millisecond.
+    pub fn delay(&self, attempt: u32) -> Duration {
+        let ceiling = self
+            .min
+            .saturating_mul(1u32 << attempt.min(20))
+            .min(self.max);
+        let jittered = ceiling.mul_f64(fastrand::f64());
+        jittered.max(Duration::from_millis(1))
+    }
+}
+
+/// What to do after an answer.
+#[derive(Debug, PartialEq, Eq)]
+enum Verdict {
+    Done,
+    Retry(Option<Duration>),
+    Permanent,
+}
+
+fn classify(status: StatusCode, retry_after: Option<&HeaderValue>) -> Verdict {
+    let after = retry_after
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map(Duration::from_secs);
+    match status.as_u16() {
+        200..=299 => Verdict::Done,
+        408 | 429 => Verdict::Retry(after),
+        501 => Verdict::Permanent,
+        500..=599 => Verdict::Retry(after),
+        _ => Verdict::Permanent,
+    }
+}
+
+/// Sends batches to the collector.
+pub struct Shipper {
+    client: reqwest::Client,
+    url: String,
+    auth: HeaderValue,
+    gzip_level: u32,
+    backoff: Backoff,
+    in_flight: Arc<Semaphore>,
+    shutdown: CancellationToken,
+}
+
+impl Shipper {
+    /// A shipper for `url` with a bearer `token`.
+    ///
+    /// # Errors
+    /// A token that is not a valid header value, or an HTTP client that cannot be built.
+    pub fn new(
+        url: &str,
+        token: &str,
+        timeout: Duration,
+        max_in_flight: usize,
+        gzip_level: u32,
+        shutdown: CancellationToken,
+    ) -> anyhow::Result<Self> {
+        let mut auth = HeaderValue::from_str(&format!("Bearer {token}")).map_err(|_| {
+            anyhow::anyhow!("the collector token contains characters not allowed in an HTTP header")
+        })?;
+        auth.set_sensitive(true);
+        let client = reqwest::Client::builder()
+            .timeout(timeout)
+            .connect_timeout(Duration::from_secs(5))
+            .tcp_nodelay(true)
+            .pool_max_idle_per_host(max_in_flight)
+            .build()?;
+        Ok(Self {
+            client,
+            url: url.trim_end_matches('/').to_owned(),
+            auth,
+            gzip_level,
+            backoff: Backoff::try_new(Duration::from_millis(100), Duration::from_secs(10))
+                .map_err(anyhow::Error::msg)?,
+            in_flight: Arc::new(Semaphore::new(max_in_flight)),
+            shutdown,
+        })
+    }
+
+    /// Serves requests until every tailer has dropped its sender.
+    pub async fn run(self, mut requests: mpsc::Receiver<ShipRequest>) {
+        let this = Arc::new(self);
+        let tasks = tokio_util::task::TaskTracker::new();
+        while let Some(request) = requests.recv().await {
+            // The semaphore lives as long as `this` and is never closed.
+            let Ok(permit) = this.in_flight.clone().acquire_owned().await else {
+                break;
+            };
+            let shipper = this.clone();
+            tasks.spawn(async move {
+                let result = shipper.deliver(&request.batch).await;
+                let _ = request.ack.send(result); // The tailer may have stopped waiting.
+                drop(permit);
+            });
+        }
+        tasks.close();
+        tasks.wait().await;
+    }
+
+    /// Sends one batch until the collector acknowledges it or shutdown is requested.
+    async fn deliver(&self, batch: &Batch) -> Result<(), ShipError> {
+        let level = self.gzip_level;
+        let encoded = {
+            let batch = batch.clone();
+            tokio::task::spawn_blocking(move || batch.encode(level))
+                .await
+                .unwrap_or_else(|_| Bytes::new())
+        };
+        let url = format!("{}/v1/streams/{}/records", self.url, batch.stream);
+        let started = tokio::time::Instant::now();
+        let mut attempt = 0u32;
+        loop {
+            let delay = match self.post(&url, batch, encoded.clone()).await {
+                Ok((Verdict::Done, _)) => {
+                    metrics::counter!("tollstream_agent_shipped_records_total")
+                        .increment(batch.records as u64);
+                    metrics::counter!("tollstream_agent_shipped_bytes_total")
+                        .increment(batch.data.len() as u64);
+                    metrics::counter!("tollstream_agent_batches_total").increment(1);
+                    metrics::histogram!("tollstream_agent_ship_duration_seconds")
+                        .record(started.elapsed().as_secs_f64());
+                    return Ok(());
+                }
+                Ok((Verdict::Retry(after), status)) => {
+                    let delay = after.unwrap_or_else(|| self.backoff.delay(attempt));
+                    warn!(source = %batch.source, %status, retry_in = ?delay, "Collector asked to retry.");
+                    metrics::counter!("tollstream_agent_ship_retries_total", "reason" => "status")
+                        .increment(1);
+                    delay
+                }
+                Ok((Verdict::Permanent, status)) => {
+                    error!(source = %batch.source, stream = %batch.stream, %status, retry_in = ?PERMANENT_RETRY, "Collector refused the batch; this flow is paused until the cause is fixed. The data waits in the log file.");
+                    metrics::counter!("tollstream_agent_ship_retries_total", "reason" => "refused")
+                        .increment(1);
+                    PERMANENT_RETRY
+                }
+                Err(error) => {
+                    let delay = self.backoff.delay(attempt);
+                    warn!(source = %batch.source, error = %error_chain(&error), retry_in = ?delay, "Could not reach the collector.");
+                    metrics::counter!("tollstream_agent_ship_retries_total", "reason" => "network")
+                        .increment(1);
+                    delay
+                }
+            };
+            attempt = attempt.saturating_add(1);
+            tokio::select! {
+                () = tokio::time::sleep(delay) => {}
+                () = self.shutdown.cancelled() => return Err(ShipError::ShuttingDown),
+            }
+        }
+    }
+
+    async fn post(
+        &self,
+        url: &str,
+        batch: &Batch,
+        body: Bytes,
+    ) -> Result<(Verdict, StatusCode), reqwest::Error> {
+        let mut request = self
+            .client
+            .post(url)
+            .header(AUTHORIZATION, self.auth.clone())
+            .header(CONTENT_TYPE, "text/plain; charset=utf-8")
+            .header("x-tollstream-source", &batch.source)
+            .header(
+                "x-tollstream-range",
+                format!("{}-{}", batch.start, batch.end()),
+            );
+        if self.gzip_level > 0 {
+            request = request.header(CONTENT_ENCODING, "gzip");
+        }
+        let response = request.body(body).send().await?;
+        let status = response.status();
+        let verdict = classify(status, response.headers().get(RETRY_AFTER));
+        if verdict != Verdict::Done {
+            let text = response.text().await.unwrap_or_default();
+            warn!(%status, body = %text.chars().take(300).collect::<String>(), "Collector answer.");
+        }
+        Ok((verdict, status))
+    }
+}
+
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statuses_are_classified_like_the_style_guide_says() {
+        assert_eq!(classify(StatusCode::OK, None), Verdict::Done);
+        assert_eq!(
+            classify(
+                StatusCode::TOO_MANY_REQUESTS,
+                Some(&HeaderValue::from_static("3"))
+            ),
+            Verdict::Retry(Some(Duration::from_secs(3)))
+        );
+        assert_eq!(
+            classify(StatusCode::SERVICE_UNAVAILABLE, None),
+            Verdict::Retry(None)
+        );
+        assert_eq!(
+            classify(StatusCode::REQUEST_TIMEOUT, None),
+            Verdict::Retry(None)
+        );
+        assert_eq!(
+            classify(StatusCode::NOT_IMPLEMENTED, None),
+            Verdict::Permanent
+        );
+        assert_eq!(classify(StatusCode::UNAUTHORIZED, None), Verdict::Permanent);
+        assert_eq!(classify(StatusCode::NOT_FOUND, None), Verdict::Permanent);
+    }
+
+    #[test]
+    fn backoff_grows_and_stays_capped() {
+        let backoff =
+            Backoff::try_new(Duration::from_millis(100), Duration::from_secs(10)).expect("valid");
+        for attempt in 0..40 {
+            let delay = backoff.delay(attempt);
+            assert!(delay <= Duration::from_secs(10), "{delay:?}");
+            assert!(delay >= Duration::from_millis(1));
+        }
+        assert!(Backoff::try_new(Duration::from_secs(2), Duration::from_secs(1)).is_err());
+        assert!(Backoff::try_new(Duration::ZERO, Duration::from_secs(1)).is_err());
+    }
+}

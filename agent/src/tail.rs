@@ -1,0 +1,394 @@
+//! Tailing: one reader per file, from its checkpoint to its end and on as it grows.
+//!
+//! Input: an open file, its identity and the offset to start at. Output: batches of whole
+//! lines to the shipper, one in flight at a time, so the collector sees a file's bytes in
+//! order; after each ack, the checkpoint offset moves to the batch's end.
+//!
+//! A file is known by (inode, CRC-32 of its first line, generation) rather than by path:
+//! a renamed file keeps its identity and its offset, and a new file that reuses an inode
+//! gets a new one. A partial last line is never sent: it waits for its newline (across
+//! restarts too, since the offset only ever points just after a newline).
+//!
+//! A file that is renamed away or deleted is read to its end and let go once it has been
+//! quiet for `rotate_wait`. A file that shrinks below the read offset was truncated: the
+//! tailer ends and discovery starts it again as a new generation from byte 0.
+
+use std::fs::File;
+use std::os::unix::fs::{FileExt, MetadataExt};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::sync::{Notify, mpsc, oneshot};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::batch::{Pending, whole_lines};
+use crate::checkpoint::SharedCheckpoints;
+use crate::clock::Clock;
+use crate::config::BatchConfig;
+use crate::ship::{ShipError, ShipRequest};
+
+/// Bytes of the first line that go into the fingerprint at most.
+const FINGERPRINT_MAX_BYTES: usize = 64 * 1024;
+/// A single line longer than this is not read (it would have to be held in memory whole).
+pub const MAX_LINE_BYTES: u64 = 32 << 20;
+
+/// Device and inode of an open file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct FileId {
+    /// Device.
+    pub dev: u64,
+    /// Inode.
+    pub ino: u64,
+}
+
+impl FileId {
+    /// The id of a file from its metadata.
+    pub fn of(meta: &std::fs::Metadata) -> Self {
+        Self {
+            dev: meta.dev(),
+            ino: meta.ino(),
+        }
+    }
+}
+
+/// CRC-32 of the file's first line (up to 64 KiB of it), or `None` while the file has no
+/// complete first line yet and is shorter than that.
+///
+/// # Errors
+/// I/O errors reading the file.
+pub fn fingerprint(file: &File) -> std::io::Result<Option<u32>> {
+    let mut buf = vec![0u8; FINGERPRINT_MAX_BYTES];
+    let n = read_at_most(file, &mut buf, 0)?;
+    let head = &buf[..n];
+    match memchr::memchr(b'\n', head) {
+        Some(nl) => Ok(Some(crc32fast::hash(&head[..=nl]))),
+        None if n == FINGERPRINT_MAX_BYTES => Ok(Some(crc32fast::hash(head))),
+        None => Ok(None),
+    }
+}
+
+/// Offset just after the last newline in the file: where `start_at: end` begins.
+///
+/// # Errors
+/// I/O errors reading the file.
+pub fn end_of_last_line(file: &File, size: u64) -> std::io::Result<u64> {
+    let mut end = size;
+    let mut buf = vec![0u8; 64 * 1024];
+    while end > 0 {
+        let from = end.saturating_sub(buf.len() as u64);
+        let n = read_at_most(file, &mut buf[..(end - from) as usize], from)?;
+        if let Some(nl) = memchr::memrchr(b'\n', &buf[..n]) {
+            return Ok(from + nl as u64 + 1);
+        }
+        end = from;
+    }
+    Ok(0)
+}
+
+/// Reads until `buf` is full or the file ends; returns the bytes read.
+fn read_at_most(file: &File, buf: &mut [u8], offset: u64) -> std::io::Result<usize> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match file.read_at(&mut buf[filled..], offset + filled as u64) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(filled)
+}
+
+/// What one read found.
+struct Read {
+    data: Bytes,
+    lines: usize,
+    size: u64,
+}
+
+/// Reads whole lines at `offset`, at most `max_bytes` (more for a single longer line) and
+/// `max_records` lines.
+fn read_lines(
+    file: &File,
+    offset: u64,
+    max_bytes: u64,
+    max_records: usize,
+) -> std::io::Result<Read> {
+    let size = file.metadata()?.len();
+    if size <= offset {
+        return Ok(Read {
+            data: Bytes::new(),
+            lines: 0,
+            size,
+        });
+    }
+    let mut want = (size - offset).min(max_bytes.max(1));
+    loop {
+        let mut buf = vec![0u8; want as usize];
+        let n = read_at_most(file, &mut buf, offset)?;
+        buf.truncate(n);
+        // Past the byte limit only the one long line is taken.
+        let max_records = if want > max_bytes { 1 } else { max_records };
+        let (end, lines) = whole_lines(&buf, max_records);
+        let more = offset + (n as u64) < size;
+        // A line longer than the batch limit: read more of it, up to MAX_LINE_BYTES.
+        if lines == 0 && more && n as u64 == want && want < MAX_LINE_BYTES {
+            want = (want * 2).min(MAX_LINE_BYTES).min(size - offset);
+            continue;
+        }
+        buf.truncate(end);
+        return Ok(Read {
+            data: Bytes::from(buf),
+            lines,
+            size,
+        });
+    }
+}
+
+/// How a tailer ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TailEnd {
+    /// The path now names another file (or nothing); this one was drained.
+    RotatedAway,
+    /// The file shrank below what was read: start it again as a new generation.
+    Truncated,
+    /// Shutdown was requested.
+    Shutdown,
+    /// The shipper is gone.
+    ShipperGone,
+}
+
+/// Follows one file.
+pub struct Tailer {
+    /// Collector stream.
+    pub stream: String,
+    /// The path it was found under.
+    pub path: PathBuf,
+    /// The open file.
+    pub file: Arc<File>,
+    /// Device and inode.
+    pub id: FileId,
+    /// Checkpoint key (identity).
+    pub key: String,
+    /// Source name sent to the collector.
+    pub source: String,
+    /// Offset to start reading at.
+    pub start: u64,
+    /// Batch limits.
+    pub limits: BatchConfig,
+    /// Growth check interval without file events.
+    pub poll_interval: Duration,
+    /// Quiet time before a rotated file is let go.
+    pub rotate_wait: Duration,
+    /// Woken by file events for this path.
+    pub wake: Arc<Notify>,
+    /// Where batches go.
+    pub ship: mpsc::Sender<ShipRequest>,
+    /// Shared offsets.
+    pub checkpoints: SharedCheckpoints,
+    /// Wall clock for ack times.
+    pub clock: Arc<dyn Clock>,
+    /// Stop reading.
+    pub shutdown: CancellationToken,
+}
+
+type InFlight = (oneshot::Receiver<Result<(), ShipError>>, u64);
+
+impl Tailer {
+    /// Follows the file until it is rotated away and drained, truncated, or shutdown.
+    ///
+    /// # Errors
+    /// I/O errors reading the file.
+    pub async fn run(self) -> std::io::Result<TailEnd> {
+        let mut pending = Pending::new(self.start);
+        let mut in_flight: Option<InFlight> = None;
+        let mut quiet_since = Instant::now();
+        let mut gone_since: Option<Instant> = None;
+        let mut size = self.start;
+        debug!(path = %self.path.display(), source = %self.source, offset = self.start, "Tailing.");
+        let end = loop {
+            if self.shutdown.is_cancelled() {
+                break TailEnd::Shutdown;
+            }
+            let (mut eof, mut blocked) = (false, false);
+            if !pending.is_full(&self.limits) {
+                let read = self
+                    .read(pending.next_offset(), pending.room(&self.limits))
+                    .await?;
+                size = read.size;
+                if read.size < pending.next_offset() {
+                    warn!(path = %self.path.display(), size = read.size, offset = pending.next_offset(), "File shrank below the read offset: truncated. Reading it again from the start.");
+                    metrics::counter!("tollstream_agent_truncations_total").increment(1);
+                    break TailEnd::Truncated;
+                }
+                if read.lines > 0 {
+                    metrics::counter!("tollstream_agent_read_records_total")
+                        .increment(read.lines as u64);
+                    metrics::counter!("tollstream_agent_read_bytes_total")
+                        .increment(read.data.len() as u64);
+                    pending.push(&read.data, read.lines, Instant::now());
+                    quiet_since = Instant::now();
+                } else if read.size > pending.next_offset() + MAX_LINE_BYTES && pending.is_empty() {
+                    warn!(path = %self.path.display(), offset = pending.next_offset(), "A line longer than 32 MiB; waiting (longer lines are not supported yet).");
+                    eof = true;
+                } else if read.size > pending.next_offset() && !pending.is_empty() {
+                    blocked = true; // The next line does not fit: send what we have.
+                } else {
+                    eof = true;
+                }
+            }
+            if in_flight.is_none() && (blocked || pending.is_due(&self.limits, Instant::now())) {
+                let batch = pending.take(&self.stream, &self.source);
+                let (ack, answer) = oneshot::channel();
+                let end = batch.end();
+                if self.ship.send(ShipRequest { batch, ack }).await.is_err() {
+                    break TailEnd::ShipperGone;
+                }
+                in_flight = Some((answer, end));
+                continue;
+            }
+            if !(eof || blocked || pending.is_full(&self.limits)) {
+                continue; // More to read right away.
+            }
+            if eof
+                && pending.is_empty()
+                && in_flight.is_none()
+                && self.rotated_and_quiet(&mut gone_since, quiet_since)
+            {
+                break TailEnd::RotatedAway;
+            }
+            let deadline = if in_flight.is_none() {
+                pending.deadline(&self.limits)
+            } else {
+                None
+            };
+            tokio::select! {
+                ack = wait_ack(&mut in_flight) => {
+                    let (result, end) = ack;
+                    in_flight = None;
+                    match result {
+                        Ok(()) => self.acked(end, size),
+                        Err(_) => break TailEnd::Shutdown,
+                    }
+                }
+                () = self.wake.notified(), if eof => {}
+                () = tokio::time::sleep(self.poll_interval), if eof => {}
+                () = sleep_until(deadline) => {}
+                () = self.shutdown.cancelled() => {}
+            }
+        };
+        // Stop reading, but let the batch in flight finish: its ack moves the checkpoint,
+        // so the next start does not send it again.
+        if in_flight.is_some() {
+            let (result, end) = wait_ack(&mut in_flight).await;
+            if result.is_ok() {
+                self.acked(end, size);
+            }
+        }
+        if end == TailEnd::RotatedAway {
+            info!(path = %self.path.display(), source = %self.source, "Rotated file drained; letting it go.");
+        }
+        Ok(end)
+    }
+
+    async fn read(&self, offset: u64, room: (usize, u64)) -> std::io::Result<Read> {
+        let file = self.file.clone();
+        tokio::task::spawn_blocking(move || read_lines(&file, offset, room.1, room.0))
+            .await
+            .map_err(std::io::Error::other)?
+    }
+
+    fn acked(&self, end: u64, size: u64) {
+        let at = self.clock.now().to_string();
+        self.checkpoints
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .acked(&self.key, end, size, &at);
+    }
+
+    /// Whether the path no longer names this file (or it was deleted) and it has been
+    /// quiet for `rotate_wait` since both were noticed.
+    fn rotated_and_quiet(&self, gone_since: &mut Option<Instant>, quiet_since: Instant) -> bool {
+        let replaced = match std::fs::metadata(&self.path) {
+            Ok(meta) => FileId::of(&meta) != self.id,
+            Err(_) => true,
+        };
+        let deleted = self.file.metadata().map(|m| m.nlink() == 0).unwrap_or(true);
+        if !(replaced || deleted) {
+            *gone_since = None;
+            return false;
+        }
+        let since = *gone_since.get_or_insert_with(Instant::now);
+        since.elapsed() >= self.rotate_wait && quiet_since.elapsed() >= self.rotate_wait
+    }
+}
+
+/// Waits for the in-flight ack; pending forever when nothing is in flight.
+async fn wait_ack(in_flight: &mut Option<InFlight>) -> (Result<(), ShipError>, u64) {
+    match in_flight.as_mut() {
+        Some((answer, end)) => (answer.await.unwrap_or(Err(ShipError::ShuttingDown)), *end),
+        None => std::future::pending().await,
+    }
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn file_with(bytes: &[u8]) -> (tempfile::NamedTempFile, File) {
+        let mut tmp = tempfile::NamedTempFile::new().expect("tmp");
+        tmp.write_all(bytes).expect("write");
+        let file = File::open(tmp.path()).expect("open");
+        (tmp, file)
+    }
+
+    #[test]
+    fn reads_only_whole_lines_and_resumes_at_the_partial_one() {
+        let (mut tmp, file) = file_with(b"one\ntwo\nthr");
+        let read = read_lines(&file, 0, 1 << 20, 100).expect("read");
+        assert_eq!((&read.data[..], read.lines), (&b"one\ntwo\n"[..], 2));
+        tmp.write_all(b"ee\n").expect("append");
+        let read = read_lines(&file, 8, 1 << 20, 100).expect("read");
+        assert_eq!(&read.data[..], b"three\n");
+    }
+
+    #[test]
+    fn a_line_longer_than_the_batch_limit_is_read_whole() {
+        let long = format!("{}\nnext\n", "x".repeat(5000));
+        let (_tmp, file) = file_with(long.as_bytes());
+        let read = read_lines(&file, 0, 1024, 100).expect("read");
+        assert_eq!(read.lines, 1);
+        assert_eq!(read.data.len(), 5001);
+    }
+
+    #[test]
+    fn fingerprint_waits_for_the_first_newline() {
+        let (mut tmp, file) = file_with(b"partial");
+        assert_eq!(fingerprint(&file).expect("fp"), None);
+        tmp.write_all(b" line\nsecond\n").expect("append");
+        let fp = fingerprint(&file).expect("fp");
+        assert_eq!(fp, Some(crc32fast::hash(b"partial line\n")));
+        let (_other, other) = file_with(b"another first line\n");
+        assert_ne!(fingerprint(&other).expect("fp"), fp);
+    }
+
+    #[test]
+    fn start_at_end_begins_after_the_last_complete_line() {
+        let (_tmp, file) = file_with(b"a\nbb\nccc");
+        assert_eq!(end_of_last_line(&file, 8).expect("end"), 5);
+        let (_tmp, file) = file_with(b"no newline");
+        assert_eq!(end_of_last_line(&file, 10).expect("end"), 0);
+    }
+}
