@@ -197,7 +197,13 @@ impl Config {
         if let Ok(url) = std::env::var("TOLLSTREAM_COLLECTOR_URL") {
             config.collector.url = url;
         }
-        let base = path.parent().unwrap_or(Path::new("."));
+        // Absolute, so paths match what file events and logs report.
+        let parent = path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        let base = std::path::absolute(parent).unwrap_or_else(|_| parent.to_path_buf());
+        let base = base.as_path();
         config.state_dir = resolve(base, &config.state_dir);
         config.collector.token_file = resolve(base, &config.collector.token_file);
         for flow in &mut config.flows {

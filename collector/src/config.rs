@@ -200,7 +200,13 @@ impl Config {
             source,
         })?;
         let mut config = Self::parse(&text, path)?;
-        let base = path.parent().unwrap_or(Path::new("."));
+        // Absolute, so paths match what file events and logs report.
+        let parent = path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        let base = std::path::absolute(parent).unwrap_or_else(|_| parent.to_path_buf());
+        let base = base.as_path();
         config.data_dir = resolve(base, &config.data_dir);
         config.auth.agent_tokens_file = resolve(base, &config.auth.agent_tokens_file);
         config.validate(path)?;

@@ -1,0 +1,350 @@
+//! Running the real daemons: locate the built binaries, write their configs, start,
+//! signal and restart them, wait for conditions with a deadline, and query the warehouse.
+//!
+//! Used by the end-to-end tests, the demo and the benchmark harness alike, so what the
+//! tests exercise is exactly what a user runs.
+
+use std::fs::File;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+
+/// The directory holding the built binaries: next to the running executable (`cargo run`)
+/// or one level up from it (`target/debug/deps/<test>`).
+pub fn bin_dir() -> PathBuf {
+    let exe = std::env::current_exe().unwrap_or_default();
+    let mut dir = exe.parent().map(Path::to_path_buf).unwrap_or_default();
+    if dir.ends_with("deps") {
+        dir.pop();
+    }
+    dir
+}
+
+/// The path of one of the workspace's binaries.
+///
+/// # Errors
+/// When it has not been built (`cargo build --workspace --bins` first).
+pub fn binary(name: &str) -> anyhow::Result<PathBuf> {
+    let path = bin_dir().join(name);
+    if !path.exists() {
+        bail!(
+            "{} is not built; run `cargo build --workspace --bins` first",
+            path.display()
+        );
+    }
+    Ok(path)
+}
+
+/// A free TCP port on 127.0.0.1 (bound and released; the daemon binds it right after).
+///
+/// # Errors
+/// When no port can be bound.
+pub fn free_port() -> anyhow::Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// Polls `condition` every 50 ms until it holds, failing after `timeout` with `what`.
+///
+/// # Errors
+/// When the deadline passes first.
+#[allow(clippy::disallowed_types)] // Real elapsed time is what a deadline measures here.
+pub fn wait_for(
+    what: &str,
+    timeout: Duration,
+    mut condition: impl FnMut() -> bool,
+) -> anyhow::Result<()> {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        if condition() {
+            return Ok(());
+        }
+        if std::time::Instant::now() >= deadline {
+            bail!("timed out after {timeout:?} waiting for {what}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A minimal HTTP/1.1 GET; returns the status code and body.
+pub fn http_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(1)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    let status = response.split(' ').nth(1)?.parse().ok()?;
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    Some((status, body))
+}
+
+/// One daemon process, restartable, with its output in a log file.
+pub struct Daemon {
+    name: String,
+    bin: PathBuf,
+    config: PathBuf,
+    log: PathBuf,
+    child: Option<Child>,
+    starts: u32,
+}
+
+impl Daemon {
+    /// A daemon that will run `bin --config config`, logging to `log`.
+    pub fn new(name: &str, bin: PathBuf, config: PathBuf, log: PathBuf) -> Self {
+        Self {
+            name: name.into(),
+            bin,
+            config,
+            log,
+            child: None,
+            starts: 0,
+        }
+    }
+
+    /// Starts the process (appending to its log).
+    ///
+    /// # Errors
+    /// When it is already running or cannot be spawned.
+    pub fn start(&mut self) -> anyhow::Result<()> {
+        if self.child.is_some() {
+            bail!("{} is already running", self.name);
+        }
+        let log = File::options().create(true).append(true).open(&self.log)?;
+        let child = Command::new(&self.bin)
+            .arg("--config")
+            .arg(&self.config)
+            .env(
+                "TOLLSTREAM_LOG",
+                std::env::var("TOLLSTREAM_LOG").unwrap_or_else(|_| "info".into()),
+            )
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("starting {}", self.bin.display()))?;
+        self.child = Some(child);
+        self.starts += 1;
+        Ok(())
+    }
+
+    /// Whether the process is running.
+    pub fn is_running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+
+    /// SIGKILL: no chance to flush anything.
+    ///
+    /// # Errors
+    /// When it is not running.
+    pub fn kill(&mut self) -> anyhow::Result<()> {
+        let mut child = self
+            .child
+            .take()
+            .with_context(|| format!("{} is not running", self.name))?;
+        child.kill()?;
+        child.wait()?;
+        Ok(())
+    }
+
+    /// SIGTERM and wait (up to `timeout`) for it to exit; returns its exit status.
+    ///
+    /// # Errors
+    /// When it is not running or does not exit in time (it is then killed).
+    pub fn terminate(&mut self, timeout: Duration) -> anyhow::Result<ExitStatus> {
+        let child = self
+            .child
+            .as_mut()
+            .with_context(|| format!("{} is not running", self.name))?;
+        let status = Command::new("kill")
+            .arg("-TERM")
+            .arg(child.id().to_string())
+            .status()?;
+        if !status.success() {
+            bail!("kill -TERM {} failed", child.id());
+        }
+        let mut exit = None;
+        let waited = wait_for(
+            &format!("{} to exit after SIGTERM", self.name),
+            timeout,
+            || {
+                exit = child.try_wait().ok().flatten();
+                exit.is_some()
+            },
+        );
+        if let Err(error) = waited {
+            self.kill()?;
+            return Err(error);
+        }
+        self.child = None;
+        exit.context("exit status")
+    }
+
+    /// The last `lines` lines of the log, for failure messages.
+    pub fn log_tail(&self, lines: usize) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let all: Vec<&str> = text.lines().collect();
+        let from = all.len().saturating_sub(lines);
+        format!(
+            "----- {} log ({}) -----\n{}",
+            self.name,
+            self.log.display(),
+            all[from..].join("\n")
+        )
+    }
+
+    /// How many times it was started.
+    pub fn starts(&self) -> u32 {
+        self.starts
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Settings for [`write_collector_config`].
+#[derive(Debug, Clone)]
+pub struct CollectorSetup {
+    /// Ingest port.
+    pub port: u16,
+    /// Metrics port, if any.
+    pub metrics_port: Option<u16>,
+    /// Buffer `max_bytes`.
+    pub buffer_max_bytes: &'static str,
+    /// Buffer `max_age`.
+    pub buffer_max_age: &'static str,
+}
+
+/// Settings for [`write_agent_config`].
+#[derive(Debug, Clone)]
+pub struct AgentSetup {
+    /// Collector ingest port.
+    pub collector_port: u16,
+    /// Metrics port, if any.
+    pub metrics_port: Option<u16>,
+    /// Globs to follow.
+    pub paths: Vec<String>,
+    /// Batch `max_age`.
+    pub batch_max_age: &'static str,
+    /// Batch `max_records`.
+    pub batch_max_records: usize,
+}
+
+/// The bearer token the harness configures on both sides.
+pub const TOKEN: &str = "e2e-agent-token-7f3a";
+
+/// Writes `collector.yaml` and its token file into `dir`; data goes to `dir/collector-data`.
+///
+/// # Errors
+/// I/O errors.
+pub fn write_collector_config(dir: &Path, setup: &CollectorSetup) -> anyhow::Result<PathBuf> {
+    std::fs::write(
+        dir.join("agent-tokens"),
+        format!("# tokens agents may use\n{TOKEN}\n"),
+    )?;
+    let metrics = setup
+        .metrics_port
+        .map(|p| format!("metrics_listen: 127.0.0.1:{p}\n"))
+        .unwrap_or_default();
+    let text = format!(
+        "listen: 127.0.0.1:{}\n{metrics}data_dir: collector-data\nauth:\n  agent_tokens_file: agent-tokens\n\
+         warehouse:\n  url: sqlite://warehouse.db\nstreams:\n  toll-transactions:\n    table: toll_transactions\n\
+         \x20   buffer: {{ max_bytes: {}, max_age: {} }}\n",
+        setup.port, setup.buffer_max_bytes, setup.buffer_max_age
+    );
+    let path = dir.join("collector.yaml");
+    std::fs::write(&path, text)?;
+    Ok(path)
+}
+
+/// Writes `agent.yaml` and its token file into `dir`; state goes to `dir/agent-state`.
+///
+/// # Errors
+/// I/O errors.
+pub fn write_agent_config(dir: &Path, setup: &AgentSetup) -> anyhow::Result<PathBuf> {
+    std::fs::write(dir.join("agent.token"), format!("{TOKEN}\n"))?;
+    let metrics = setup
+        .metrics_port
+        .map(|p| format!("metrics_listen: 127.0.0.1:{p}\n"))
+        .unwrap_or_default();
+    let paths: Vec<String> = setup.paths.iter().map(|p| format!("{p:?}")).collect();
+    let text = format!(
+        "agent_id: e2e-booth\nstate_dir: agent-state\n{metrics}collector:\n  url: http://127.0.0.1:{}\n  token_file: agent.token\n\
+         poll_interval: 100ms\nrotate_wait: 1s\nflows:\n  - stream: toll-transactions\n    paths: [{}]\n    exclude: [\"*.gz\"]\n\
+         \x20   batch: {{ max_records: {}, max_bytes: 1MiB, max_age: {} }}\n",
+        setup.collector_port,
+        paths.join(", "),
+        setup.batch_max_records,
+        setup.batch_max_age
+    );
+    let path = dir.join("agent.yaml");
+    std::fs::write(&path, text)?;
+    Ok(path)
+}
+
+/// Read-only queries on the SQLite warehouse.
+pub struct WarehouseView {
+    conn: rusqlite::Connection,
+}
+
+impl WarehouseView {
+    /// Opens the warehouse file read-only, once it exists.
+    ///
+    /// # Errors
+    /// When it cannot be opened.
+    pub fn open(path: &Path) -> anyhow::Result<Self> {
+        let conn =
+            rusqlite::Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+                .with_context(|| format!("opening {}", path.display()))?;
+        conn.busy_timeout(Duration::from_secs(5))?;
+        Ok(Self { conn })
+    }
+
+    /// A single integer result.
+    ///
+    /// # Errors
+    /// SQL errors.
+    pub fn count(&self, sql: &str) -> anyhow::Result<i64> {
+        Ok(self
+            .conn
+            .query_row(sql, [], |r| r.get::<_, Option<i64>>(0))?
+            .unwrap_or(0))
+    }
+
+    /// Rows of (text, integer, integer), e.g. per-booth counts and sums.
+    ///
+    /// # Errors
+    /// SQL errors.
+    pub fn triples(&self, sql: &str) -> anyhow::Result<Vec<(String, i64, i64)>> {
+        let mut stmt = self.conn.prepare(sql)?;
+        let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Rows of (text, text).
+    ///
+    /// # Errors
+    /// SQL errors.
+    pub fn pairs(&self, sql: &str) -> anyhow::Result<Vec<(String, String)>> {
+        let mut stmt = self.conn.prepare(sql)?;
+        let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+}

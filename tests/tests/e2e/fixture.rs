@@ -1,0 +1,239 @@
+//! A collector and an agent in one temporary directory, with helpers to drive them and to
+//! check what reached the warehouse and the archive. On a failing test, the tail of both
+//! daemons' logs is printed.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use tollstream_tests::harness::{
+    AgentSetup, CollectorSetup, Daemon, WarehouseView, binary, free_port, wait_for,
+    write_agent_config, write_collector_config,
+};
+use tollstream_tests::sim::{Mode, SimConfig, SimWriter, Summary, WriteOptions};
+
+/// How long a test waits for data to arrive before failing.
+pub const ARRIVAL_TIMEOUT: Duration = Duration::from_secs(120);
+/// How long a daemon gets to exit after SIGTERM.
+pub const EXIT_TIMEOUT: Duration = Duration::from_secs(30);
+
+pub struct Pipeline {
+    pub dir: tempfile::TempDir,
+    pub collector: Daemon,
+    pub agent: Daemon,
+    pub collector_port: u16,
+}
+
+impl Pipeline {
+    /// Writes configs for both daemons and starts them; the agent follows `logs/*.log`.
+    pub fn start() -> anyhow::Result<Self> {
+        let dir = tempfile::Builder::new()
+            .prefix("tollstream-e2e-")
+            .tempdir()?;
+        std::fs::create_dir(dir.path().join("logs"))?;
+        let collector_port = free_port()?;
+        let collector_config = write_collector_config(
+            dir.path(),
+            &CollectorSetup {
+                port: collector_port,
+                metrics_port: None,
+                buffer_max_bytes: "4MiB",
+                buffer_max_age: "300ms",
+            },
+        )?;
+        let agent_config = write_agent_config(
+            dir.path(),
+            &AgentSetup {
+                collector_port,
+                metrics_port: None,
+                paths: vec!["logs/*.log".into()],
+                batch_max_age: "100ms",
+                batch_max_records: 5000,
+            },
+        )?;
+        let mut collector = Daemon::new(
+            "collector",
+            binary("tollstream-collector")?,
+            collector_config,
+            dir.path().join("collector.log"),
+        );
+        let mut agent = Daemon::new(
+            "agent",
+            binary("tollstream-agent")?,
+            agent_config,
+            dir.path().join("agent.log"),
+        );
+        collector.start()?;
+        let mut pipeline = Self {
+            dir,
+            collector,
+            agent: Daemon::new("unused", PathBuf::new(), PathBuf::new(), PathBuf::new()),
+            collector_port,
+        };
+        pipeline.wait_collector_ready()?;
+        agent.start()?;
+        pipeline.agent = agent;
+        Ok(pipeline)
+    }
+
+    pub fn wait_collector_ready(&self) -> anyhow::Result<()> {
+        let addr = ([127, 0, 0, 1], self.collector_port).into();
+        wait_for(
+            "the collector to answer /healthz",
+            Duration::from_secs(30),
+            || {
+                tollstream_tests::harness::http_get(addr, "/healthz")
+                    .is_some_and(|(status, _)| status == 200)
+            },
+        )
+    }
+
+    /// The simulator's log files: `logs/booths-{i}.log`.
+    pub fn log_files(&self, count: usize) -> Vec<PathBuf> {
+        (0..count)
+            .map(|i| self.dir.path().join("logs").join(format!("booths-{i}.log")))
+            .collect()
+    }
+
+    /// A writer of `lines` toll lines (with `malformed` of them broken) over three files,
+    /// flushing often and sometimes in the middle of a line.
+    pub fn writer(&self, lines: u64, malformed: usize) -> anyhow::Result<SimWriter> {
+        let config = SimConfig {
+            malformed,
+            ..SimConfig::default()
+        };
+        let options = WriteOptions {
+            split_writes: true,
+            flush_every_lines: 500,
+            ..WriteOptions::default()
+        };
+        Ok(SimWriter::with_options(
+            &config,
+            Mode::Count { lines },
+            &self.log_files(3),
+            options,
+        )?)
+    }
+
+    pub fn warehouse_path(&self) -> PathBuf {
+        self.dir.path().join("collector-data").join("warehouse.db")
+    }
+
+    pub fn warehouse(&self) -> anyhow::Result<WarehouseView> {
+        let path = self.warehouse_path();
+        wait_for("the warehouse file", Duration::from_secs(30), || {
+            path.exists()
+        })?;
+        WarehouseView::open(&path)
+    }
+
+    /// Waits until the warehouse holds `rows` rows and `rejected` rejected lines.
+    pub fn wait_loaded(&self, rows: u64, rejected: u64) -> anyhow::Result<()> {
+        let warehouse = self.warehouse()?;
+        let mut seen = (0, 0);
+        let result = wait_for(
+            &format!("{rows} rows and {rejected} rejected lines in the warehouse"),
+            ARRIVAL_TIMEOUT,
+            || {
+                let loaded = warehouse
+                    .count("SELECT COUNT(*) FROM toll_transactions")
+                    .unwrap_or(-1);
+                let bad = warehouse
+                    .count("SELECT COUNT(*) FROM rejected_records")
+                    .unwrap_or(-1);
+                seen = (loaded, bad);
+                loaded >= rows as i64 && bad >= rejected as i64
+            },
+        );
+        result.map_err(|e| e.context(format!("last seen: {} rows, {} rejected", seen.0, seen.1)))
+    }
+
+    /// Waits until at least `rows` rows are loaded: the pipeline is demonstrably mid-stream.
+    pub fn wait_rows_at_least(&self, rows: u64) -> anyhow::Result<()> {
+        let warehouse = self.warehouse()?;
+        wait_for(&format!("at least {rows} rows"), ARRIVAL_TIMEOUT, || {
+            warehouse
+                .count("SELECT COUNT(*) FROM toll_transactions")
+                .unwrap_or(0)
+                >= rows as i64
+        })
+    }
+
+    /// Stops both daemons cleanly (each must exit 0), so nothing is in flight afterwards.
+    pub fn stop(&mut self) -> anyhow::Result<()> {
+        let agent = self.agent.terminate(EXIT_TIMEOUT)?;
+        anyhow::ensure!(agent.success(), "agent exited with {agent}");
+        let collector = self.collector.terminate(EXIT_TIMEOUT)?;
+        anyhow::ensure!(collector.success(), "collector exited with {collector}");
+        Ok(())
+    }
+
+    /// Asserts the warehouse and the archive hold exactly what the simulator wrote.
+    pub fn assert_exactly_once(&self, written: &Summary) -> anyhow::Result<()> {
+        let warehouse = self.warehouse()?;
+        let rows = warehouse.count("SELECT COUNT(*) FROM toll_transactions")?;
+        let distinct =
+            warehouse.count("SELECT COUNT(DISTINCT transaction_id) FROM toll_transactions")?;
+        assert_eq!(
+            rows as u64, written.valid_lines,
+            "rows in the warehouse vs valid lines written"
+        );
+        assert_eq!(distinct, rows, "each transaction_id once");
+        // The table's natural key would hide a line delivered twice; the manifest counts them.
+        let key_duplicates = warehouse.count("SELECT SUM(duplicates) FROM loads")?;
+        assert_eq!(key_duplicates, 0, "no line reached the loader twice");
+        let per_booth = warehouse.triples("SELECT booth_id, COUNT(*), SUM(amount_cents) FROM toll_transactions GROUP BY booth_id ORDER BY booth_id")?;
+        let expected: Vec<(String, i64, i64)> = written
+            .booths
+            .iter()
+            .map(|(booth, s)| (booth.clone(), s.lines as i64, s.amount_cents))
+            .collect();
+        assert_eq!(per_booth, expected, "per-booth counts and amounts");
+        let archived = archive_lines(&self.dir.path().join("collector-data").join("archive"))?;
+        assert_eq!(
+            archived, written.total_lines,
+            "every line in the archive exactly once"
+        );
+        Ok(())
+    }
+}
+
+impl Drop for Pipeline {
+    fn drop(&mut self) {
+        let keep = std::env::var_os("TOLLSTREAM_E2E_KEEP").is_some();
+        if std::thread::panicking() || keep {
+            if std::thread::panicking() {
+                eprintln!(
+                    "{}\n{}",
+                    self.collector.log_tail(60),
+                    self.agent.log_tail(60)
+                );
+            }
+            eprintln!(
+                "test directory kept for inspection: {}",
+                self.dir.path().display()
+            );
+            let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().expect("tempdir"));
+            let _ = dir.keep();
+        }
+    }
+}
+
+/// Lines in every archive object (errors/ included) under `root`.
+pub fn archive_lines(root: &Path) -> anyhow::Result<u64> {
+    let mut total = 0;
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir)? {
+            let path = entry?.path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if path.extension().is_some_and(|e| e == "gz") {
+                let mut data = Vec::new();
+                flate2::read::GzDecoder::new(std::fs::File::open(&path)?).read_to_end(&mut data)?;
+                total += data.iter().filter(|&&b| b == b'\n').count() as u64;
+            }
+        }
+    }
+    Ok(total)
+}

@@ -1,0 +1,7 @@
+//! End-to-end tests: the real `tollstream-collector` and `tollstream-agent` binaries, real
+//! files written by the simulator, a real HTTP connection, a real SQLite warehouse.
+//!
+//! Build the binaries first: `cargo build --workspace --bins && cargo test --workspace`.
+
+mod fixture;
+mod pipeline;
