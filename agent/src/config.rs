@@ -24,7 +24,7 @@ pub enum ConfigError {
         source: std::io::Error,
     },
     /// The YAML was malformed or a key had the wrong type.
-    #[error("{path}: {key}: {message}")]
+    #[error("{path}: {message}")]
     Parse {
         /// The config file.
         path: PathBuf,
@@ -226,11 +226,32 @@ impl Config {
     /// [`ConfigError::Parse`] with the key path, line and column.
     pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
         let de = yaml_serde::Deserializer::from_str(text);
-        serde_path_to_error::deserialize(de).map_err(|e| ConfigError::Parse {
-            path: path.to_path_buf(),
-            key: e.path().to_string(),
-            message: e.inner().to_string(),
+        serde_path_to_error::deserialize(de).map_err(|e| {
+            let key = e.path().to_string();
+            let message = e.inner().to_string();
+            // The YAML parser often names the enclosing key itself; do not say it twice.
+            let parent = key
+                .rsplit_once('.')
+                .map_or(key.as_str(), |(parent, _)| parent);
+            let message = if key == "." || message.starts_with(parent) {
+                message
+            } else {
+                format!("{key}: {message}")
+            };
+            ConfigError::Parse {
+                path: path.to_path_buf(),
+                key,
+                message,
+            }
         })
+    }
+
+    /// The effective configuration as YAML, for `check-config`.
+    ///
+    /// # Errors
+    /// Serialisation errors (none are expected for a loaded config).
+    pub fn to_yaml(&self) -> Result<String, String> {
+        yaml_serde::to_string(self).map_err(|e| e.to_string())
     }
 
     /// Checks values that parse but cannot work.

@@ -51,7 +51,7 @@ fn main() -> ExitCode {
         }
     };
     match cli.command.unwrap_or(Command::Run) {
-        Command::CheckConfig => match serde_json::to_string_pretty(&config) {
+        Command::CheckConfig => match config.to_yaml() {
             Ok(text) => {
                 println!("{text}");
                 ExitCode::SUCCESS

@@ -75,7 +75,9 @@ fn main() -> ExitCode {
 }
 
 fn yaml_like(config: &Config) -> anyhow::Result<String> {
-    serde_json::to_string_pretty(config).context("printing the effective configuration")
+    config
+        .to_yaml()
+        .map_err(|e| anyhow::anyhow!("printing the effective configuration: {e}"))
 }
 
 fn serve(config: Config) -> anyhow::Result<()> {

@@ -338,13 +338,22 @@ impl WarehouseView {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
-    /// Rows of (text, text).
+    /// Rows of (text, text); blobs (a rejected line may be invalid UTF-8) are shown lossily.
     ///
     /// # Errors
     /// SQL errors.
     pub fn pairs(&self, sql: &str) -> anyhow::Result<Vec<(String, String)>> {
+        let lossy = |r: &rusqlite::Row<'_>, i: usize| -> rusqlite::Result<String> {
+            Ok(match r.get_ref(i)? {
+                rusqlite::types::ValueRef::Text(t) | rusqlite::types::ValueRef::Blob(t) => {
+                    String::from_utf8_lossy(t).into_owned()
+                }
+                rusqlite::types::ValueRef::Null => String::new(),
+                other => format!("{other:?}"),
+            })
+        };
         let mut stmt = self.conn.prepare(sql)?;
-        let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        let rows = stmt.query_map([], |r| Ok((lossy(r, 0)?, lossy(r, 1)?)))?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
 }

@@ -219,8 +219,8 @@ fn print_summary(dir: &Path) -> anyhow::Result<()> {
         cents / 100,
         cents % 100
     );
-    let rejected = warehouse
-        .pairs("SELECT reason, CAST(line AS TEXT) FROM rejected_records ORDER BY id LIMIT 4")?;
+    let rejected =
+        warehouse.pairs("SELECT reason, line FROM rejected_records ORDER BY id LIMIT 4")?;
     println!(
         "\nRejected lines: {} (first few with their reasons):",
         warehouse.count("SELECT COUNT(*) FROM rejected_records")?
