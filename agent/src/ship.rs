@@ -143,19 +143,18 @@ impl Shipper {
     }
 
     /// Serves requests until every tailer has dropped its sender.
+    ///
+    /// Each request gets its own task (there is at most one per file); the semaphore bounds
+    /// how many are on the wire at once, and is released between attempts, so a file the
+    /// collector keeps refusing does not hold up the others.
     pub async fn run(self, mut requests: mpsc::Receiver<ShipRequest>) {
         let this = Arc::new(self);
         let tasks = tokio_util::task::TaskTracker::new();
         while let Some(request) = requests.recv().await {
-            // The semaphore lives as long as `this` and is never closed.
-            let Ok(permit) = this.in_flight.clone().acquire_owned().await else {
-                break;
-            };
             let shipper = this.clone();
             tasks.spawn(async move {
                 let result = shipper.deliver(&request.batch).await;
                 let _ = request.ack.send(result); // The tailer may have stopped waiting.
-                drop(permit);
             });
         }
         tasks.close();
@@ -175,7 +174,14 @@ impl Shipper {
         let started = tokio::time::Instant::now();
         let mut attempt = 0u32;
         loop {
-            let delay = match self.post(&url, batch, encoded.clone()).await {
+            let answer = {
+                // The semaphore is never closed, so acquiring only fails if it were.
+                let Ok(_permit) = self.in_flight.acquire().await else {
+                    return Err(ShipError::ShuttingDown);
+                };
+                self.post(&url, batch, encoded.clone()).await
+            };
+            let delay = match answer {
                 Ok((Verdict::Done, _)) => {
                     metrics::counter!("tollstream_agent_shipped_records_total")
                         .increment(batch.records as u64);

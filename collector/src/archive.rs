@@ -23,6 +23,16 @@ use serde::{Deserialize, Serialize};
 
 use crate::wal::WalRecord;
 
+/// Most bytes of JSON index an object's gzip header may hold: gzip readers (flate2 among
+/// them) refuse header fields over 65,535 bytes, so the buffer cuts objects before this.
+pub const MAX_INDEX_BYTES: u64 = 64_000;
+
+/// An upper bound on one index entry's JSON size for a source name of `source_len` visible
+/// ASCII characters (each escapes to at most two) and five numbers of at most 20 digits.
+pub fn index_entry_bound(source_len: usize) -> u64 {
+    2 * source_len as u64 + 176
+}
+
 /// gzip level for archive objects: level 2 keeps most of level 6's ratio at ~1.7× the speed.
 const GZIP_LEVEL: u32 = 2;
 
@@ -152,6 +162,12 @@ impl Archive {
             path: path.clone(),
             reason: e.to_string(),
         })?;
+        if comment.len() as u64 > MAX_INDEX_BYTES {
+            return Err(ArchiveError::Damaged {
+                path,
+                reason: format!("index of {} bytes exceeds {MAX_INDEX_BYTES}", comment.len()),
+            });
+        }
         let tmp = path.with_extension("gz.tmp");
         let file = File::create(&tmp).map_err(io("creating", &tmp))?;
         let mut gz = GzBuilder::new().comment(comment).write(

@@ -22,9 +22,9 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
-use crate::archive::{Archive, ArchiveObject};
+use crate::archive::{Archive, ArchiveObject, MAX_INDEX_BYTES, index_entry_bound};
 use crate::config::BufferConfig;
-use crate::wal::{Consumers, Reader, WalRecord};
+use crate::wal::{Consumers, Durable, Reader, WalRecord};
 
 /// The consumer name this stage uses for WAL positions.
 pub const CONSUMER: &str = "archive";
@@ -43,7 +43,7 @@ pub struct Buffer {
     /// Reads the WAL.
     pub reader: Reader,
     /// The WAL's durable position; closes when the WAL writer stops.
-    pub durable: watch::Receiver<u64>,
+    pub durable: watch::Receiver<Durable>,
     /// Where to report progress.
     pub consumers: Arc<Consumers>,
     /// The position file.
@@ -78,7 +78,7 @@ pub fn adopt_written_objects(
     stream: &str,
     archive: &Archive,
     reader: &mut Reader,
-    durable: u64,
+    durable: Durable,
     mut position: u64,
 ) -> anyhow::Result<u64> {
     loop {
@@ -101,11 +101,33 @@ pub fn adopt_written_objects(
     }
 }
 
+/// Records waiting to be cut into an object.
+#[derive(Default)]
 struct Pending {
     records: Vec<WalRecord>,
     bytes: u64,
+    /// Upper bound on the object's index size.
+    index_bytes: u64,
     since: Option<Instant>,
 }
+
+impl Pending {
+    /// Whether the object is as large as it may get: by the size hint, or because one more
+    /// record could push its index past what gzip headers hold.
+    fn is_full(&self, max_bytes: u64) -> bool {
+        self.bytes >= max_bytes || self.index_bytes + MAX_ENTRY_BYTES > MAX_INDEX_BYTES
+    }
+
+    fn push(&mut self, record: WalRecord) {
+        self.since.get_or_insert_with(Instant::now);
+        self.bytes += record.data.len() as u64;
+        self.index_bytes += index_entry_bound(record.source.len());
+        self.records.push(record);
+    }
+}
+
+/// The largest index entry a record can need (sources are capped at ingest).
+const MAX_ENTRY_BYTES: u64 = 2 * crate::ingest::MAX_SOURCE_LEN as u64 + 176;
 
 impl Buffer {
     /// Runs until the WAL writer stops, then cuts what is left and returns.
@@ -113,16 +135,12 @@ impl Buffer {
     /// # Errors
     /// WAL corruption or missing records (archive write errors are retried).
     pub async fn run(mut self) -> anyhow::Result<()> {
-        let mut pending = Pending {
-            records: Vec::new(),
-            bytes: 0,
-            since: None,
-        };
+        let mut pending = Pending::default();
         let mut open = true;
         loop {
             let durable = *self.durable.borrow_and_update();
             self.read_available(durable, &mut pending).await?;
-            let full = pending.bytes >= self.config.max_bytes;
+            let full = pending.is_full(self.config.max_bytes);
             let aged = pending
                 .since
                 .is_some_and(|t| t.elapsed() >= self.config.max_age);
@@ -143,41 +161,34 @@ impl Buffer {
     }
 
     /// Moves every durable record into `pending`, stopping early when it is full.
-    async fn read_available(&mut self, durable: u64, pending: &mut Pending) -> anyhow::Result<()> {
+    async fn read_available(
+        &mut self,
+        durable: Durable,
+        pending: &mut Pending,
+    ) -> anyhow::Result<()> {
         let max_bytes = self.config.max_bytes;
         let placeholder = Reader::new(self.reader.dir(), 0);
         let mut reader = std::mem::replace(&mut self.reader, placeholder);
-        let already = pending.bytes;
-        let (reader, read) = tokio::task::spawn_blocking(move || {
-            let mut read = Vec::new();
-            let mut bytes = already;
-            while bytes < max_bytes {
+        let mut batch = std::mem::take(pending);
+        let (reader, batch, result) = tokio::task::spawn_blocking(move || {
+            while !batch.is_full(max_bytes) {
                 match reader.next(durable) {
-                    Ok(Some(record)) => {
-                        bytes += record.data.len() as u64;
-                        read.push(record);
-                    }
+                    Ok(Some(record)) => batch.push(record),
                     Ok(None) => break,
-                    Err(e) => return (reader, Err(e)),
+                    Err(e) => return (reader, batch, Err(e)),
                 }
             }
-            (reader, Ok(read))
+            (reader, batch, Ok(()))
         })
         .await?;
         self.reader = reader;
-        for record in read? {
-            pending.since.get_or_insert_with(Instant::now);
-            pending.bytes += record.data.len() as u64;
-            pending.records.push(record);
-        }
-        Ok(())
+        *pending = batch;
+        Ok(result?)
     }
 
     /// Writes `pending` as one object, retrying until it succeeds, then hands it on.
     async fn cut(&mut self, pending: &mut Pending) {
-        let records = std::mem::take(&mut pending.records);
-        pending.bytes = 0;
-        pending.since = None;
+        let records = std::mem::take(pending).records;
         let records = Arc::new(records);
         let object = loop {
             let (archive, stream, batch) =
@@ -220,5 +231,40 @@ async fn sleep_until(deadline: Option<Instant>) {
     match deadline {
         Some(deadline) => tokio::time::sleep_until(deadline).await,
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+
+    fn record(seq: u64, source: &str) -> WalRecord {
+        WalRecord {
+            seq,
+            received_at_us: 0,
+            source: source.into(),
+            range: Some((0, 2)),
+            records: 1,
+            data: Bytes::from_static(b"x\n"),
+        }
+    }
+
+    #[tokio::test]
+    async fn many_small_records_are_cut_before_the_index_outgrows_a_gzip_header() {
+        let mut pending = Pending::default();
+        let source = format!("booth-{}/1a2b3c-deadbeef-0", "x".repeat(40));
+        let mut seq = 0;
+        while !pending.is_full(8 << 20) {
+            seq += 1;
+            pending.push(record(seq, &source));
+        }
+        assert!(seq > 100, "{seq} records fit");
+        // The object these records make can be written and read back.
+        let dir = tempfile::tempdir().expect("tempdir");
+        let archive = Archive::new(dir.path());
+        let object = archive.write("s", &pending.records).expect("written");
+        let (index, _) = Archive::read(&object.path).expect("readable");
+        assert_eq!(index.len() as u64, seq);
     }
 }

@@ -222,14 +222,14 @@ impl Config {
         serde_path_to_error::deserialize(de).map_err(|e| {
             let key = e.path().to_string();
             let message = e.inner().to_string();
-            // The YAML parser often names the enclosing key itself; do not say it twice.
+            // The YAML parser often prefixes the enclosing key; say the full key once instead.
             let parent = key
                 .rsplit_once('.')
                 .map_or(key.as_str(), |(parent, _)| parent);
-            let message = if key == "." || message.starts_with(parent) {
-                message
-            } else {
-                format!("{key}: {message}")
+            let message = match message.strip_prefix(&format!("{parent}: ")) {
+                _ if key == "." => message,
+                Some(rest) => format!("{key}: {rest}"),
+                None => format!("{key}: {message}"),
             };
             ConfigError::Parse {
                 path: path.to_path_buf(),

@@ -30,7 +30,7 @@ use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot, watch};
 
 pub use record::WalRecord;
-pub use segment::Reader;
+pub use segment::{Durable, Reader};
 
 use crate::clock::Clock;
 
@@ -168,7 +168,7 @@ impl Consumers {
 #[derive(Clone)]
 pub struct Wal {
     tx: mpsc::Sender<(AppendRequest, Reply)>,
-    durable: watch::Receiver<u64>,
+    durable: watch::Receiver<Durable>,
     dir: PathBuf,
     first_seq: u64,
     consumers: Arc<Consumers>,
@@ -199,9 +199,11 @@ impl Wal {
         for name in &options.consumers {
             consumers.advance(name, 0);
         }
-        let (durable_tx, durable) = watch::channel(recovered.next_seq - 1);
         let first_seq = recovered.first_seq;
         let (tx, rx) = mpsc::channel(1024);
+        // The sender is replaced by the writer's own right below; recovery made the log
+        // durable up to its valid end.
+        let (durable_tx, durable) = watch::channel(Durable::default());
         let writer = writer::Writer::new(
             dir,
             options.segment_bytes,
@@ -210,6 +212,7 @@ impl Wal {
             consumers.clone(),
             clock,
         )?;
+        writer.publish_durable();
         let thread = std::thread::Builder::new()
             .name(format!(
                 "wal-{}",
@@ -243,8 +246,8 @@ impl Wal {
         answer.await.map_err(|_| WalError::Closed)?
     }
 
-    /// The highest durable sequence number, updated after every fsync.
-    pub fn durable(&self) -> watch::Receiver<u64> {
+    /// The durable position, updated after every fsync; closes when the writer stops.
+    pub fn durable(&self) -> watch::Receiver<Durable> {
         self.durable.clone()
     }
 

@@ -119,11 +119,45 @@ pub fn truncate(path: &Path, len: u64) -> Result<(), WalError> {
         .map_err(|e| WalError::io("syncing", path, e))
 }
 
+/// How far the log is durable: the last fsynced sequence number, and the byte length of the
+/// segment that holds it. Readers never read bytes past it, so bytes of a group whose write
+/// failed and was cut back can never be seen, even through a read-ahead buffer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Durable {
+    /// Highest durable sequence number (0 when the log is empty).
+    pub seq: u64,
+    /// First sequence number of the segment that holds `seq`.
+    pub segment: u64,
+    /// Durable bytes of that segment.
+    pub len: u64,
+}
+
+/// A segment file read sequentially, never past `limit`.
+struct LimitedFile {
+    file: File,
+    first_seq: u64,
+    pos: u64,
+    limit: u64,
+}
+
+impl Read for LimitedFile {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let room = self.limit.saturating_sub(self.pos);
+        let want = buf.len().min(usize::try_from(room).unwrap_or(usize::MAX));
+        if want == 0 {
+            return Ok(0);
+        }
+        let n = std::os::unix::fs::FileExt::read_at(&self.file, &mut buf[..want], self.pos)?;
+        self.pos += n as u64;
+        Ok(n)
+    }
+}
+
 /// Reads records in sequence order across segments, never past the durable position.
 pub struct Reader {
     dir: PathBuf,
     next_seq: u64,
-    file: Option<BufReader<File>>,
+    file: Option<BufReader<LimitedFile>>,
     frame: Vec<u8>,
 }
 
@@ -148,13 +182,13 @@ impl Reader {
         self.next_seq
     }
 
-    /// The next record, or `None` when it is not durable yet (`next_seq > durable`).
+    /// The next record, or `None` when it is not durable yet.
     ///
     /// # Errors
     /// [`WalError::Missing`] when the record was deleted or never existed, I/O errors,
     /// [`WalError::Corrupt`] when a durable frame does not decode.
-    pub fn next(&mut self, durable: u64) -> Result<Option<WalRecord>, WalError> {
-        if self.next_seq > durable {
+    pub fn next(&mut self, durable: Durable) -> Result<Option<WalRecord>, WalError> {
+        if self.next_seq > durable.seq {
             return Ok(None);
         }
         loop {
@@ -163,17 +197,37 @@ impl Reader {
             }
             // `open_containing` either set `self.file` or returned an error above.
             let file = self.file.as_mut().expect("segment opened above");
+            let segment = file.get_ref().first_seq;
+            // Older segments are complete; the durable one only up to its durable length.
+            file.get_mut().limit = if segment == durable.segment {
+                durable.len
+            } else {
+                u64::MAX
+            };
             match read_frame(file, &mut self.frame) {
                 Ok(true) => {}
-                // End of this segment: the durable record is in the next one.
-                Ok(false) => {
+                Ok(false) if segment < durable.segment => {
+                    // End of an older segment: the record is in the next one.
                     self.open_exact(self.next_seq)?;
                     continue;
                 }
-                Err(e) => return Err(WalError::io("reading", &self.dir, e)),
+                Ok(false) => {
+                    return Err(WalError::Corrupt {
+                        path: segment_path(&self.dir, segment),
+                        offset: durable.len,
+                        reason: format!("durable record {} is not in the segment", self.next_seq),
+                    });
+                }
+                Err(e) => {
+                    return Err(WalError::io(
+                        "reading",
+                        &segment_path(&self.dir, segment),
+                        e,
+                    ));
+                }
             }
             let (record, _) = WalRecord::decode(&self.frame).map_err(|e| WalError::Corrupt {
-                path: self.dir.clone(),
+                path: segment_path(&self.dir, segment),
                 offset: 0,
                 reason: format!("durable record {} does not decode: {e}", self.next_seq),
             })?;
@@ -182,7 +236,7 @@ impl Reader {
             }
             if record.seq != self.next_seq {
                 return Err(WalError::Corrupt {
-                    path: self.dir.clone(),
+                    path: segment_path(&self.dir, segment),
                     offset: 0,
                     reason: format!("found sequence {} expecting {}", record.seq, self.next_seq),
                 });
@@ -202,29 +256,35 @@ impl Reader {
                 seq: self.next_seq,
                 dir: self.dir.clone(),
             })?;
-        self.open_path(&segment.path)
+        self.open(segment.first_seq)
     }
 
     fn open_exact(&mut self, first_seq: u64) -> Result<(), WalError> {
-        let path = segment_path(&self.dir, first_seq);
-        if !path.exists() {
+        if !segment_path(&self.dir, first_seq).exists() {
             return Err(WalError::Missing {
                 seq: first_seq,
                 dir: self.dir.clone(),
             });
         }
-        self.open_path(&path)
+        self.open(first_seq)
     }
 
-    fn open_path(&mut self, path: &Path) -> Result<(), WalError> {
-        let file = File::open(path).map_err(|e| WalError::io("opening", path, e))?;
-        self.file = Some(BufReader::with_capacity(1 << 20, file));
+    fn open(&mut self, first_seq: u64) -> Result<(), WalError> {
+        let path = segment_path(&self.dir, first_seq);
+        let file = File::open(&path).map_err(|e| WalError::io("opening", &path, e))?;
+        let limited = LimitedFile {
+            file,
+            first_seq,
+            pos: 0,
+            limit: 0,
+        };
+        self.file = Some(BufReader::with_capacity(1 << 20, limited));
         Ok(())
     }
 }
 
 /// Reads one whole frame into `buf`; `Ok(false)` at a clean end of file.
-fn read_frame(file: &mut BufReader<File>, buf: &mut Vec<u8>) -> std::io::Result<bool> {
+fn read_frame(file: &mut impl Read, buf: &mut Vec<u8>) -> std::io::Result<bool> {
     buf.resize(FRAME_HEADER_BYTES, 0);
     match file.read_exact(&mut buf[..]) {
         Ok(()) => {}

@@ -10,7 +10,7 @@ use bytes::BytesMut;
 use tokio::sync::{mpsc, watch};
 use tracing::{info, warn};
 
-use super::segment::{self, Segment};
+use super::segment::{self, Durable, Segment};
 use super::{AppendRequest, Appended, Consumers, HighWater, Reply, WalError, WalRecord, snapshot};
 use crate::clock::Clock;
 
@@ -98,7 +98,7 @@ pub struct Writer {
     file_len: u64,
     next_seq: u64,
     high_water: HighWater,
-    durable_tx: watch::Sender<u64>,
+    durable_tx: watch::Sender<Durable>,
     consumers: Arc<Consumers>,
     clock: Arc<dyn Clock>,
     buf: BytesMut,
@@ -120,7 +120,7 @@ impl Writer {
         dir: &Path,
         segment_bytes: u64,
         recovered: Recovered,
-        durable_tx: watch::Sender<u64>,
+        durable_tx: watch::Sender<Durable>,
         consumers: Arc<Consumers>,
         clock: Arc<dyn Clock>,
     ) -> Result<Self, WalError> {
@@ -152,6 +152,21 @@ impl Writer {
             clock,
             buf: BytesMut::with_capacity(4 << 20),
         })
+    }
+
+    /// The durable position: everything written so far has been fsynced.
+    pub fn durable(&self) -> Durable {
+        let segment = self.segments.last().map_or(self.next_seq, |s| s.first_seq);
+        Durable {
+            seq: self.next_seq - 1,
+            segment,
+            len: self.file_len,
+        }
+    }
+
+    /// Tells readers the current durable position.
+    pub fn publish_durable(&self) {
+        self.durable_tx.send_replace(self.durable());
     }
 
     /// Serves requests until every [`super::Wal`] handle is dropped.
@@ -198,7 +213,7 @@ impl Writer {
             Ok(()) => {
                 self.file_len += self.buf.len() as u64;
                 if self.next_seq != start_seq {
-                    self.durable_tx.send_replace(self.next_seq - 1);
+                    self.durable_tx.send_replace(self.durable());
                 }
                 for ((_, reply), decision) in group.drain(..).zip(decisions) {
                     let answer = match decision {

@@ -29,7 +29,7 @@ pub const SOURCE_HEADER: &str = "x-tollstream-source";
 /// Header with the batch's byte range in its source: `START-END`, END exclusive.
 pub const RANGE_HEADER: &str = "x-tollstream-range";
 /// Longest accepted source name.
-const MAX_SOURCE_LEN: usize = 512;
+pub const MAX_SOURCE_LEN: usize = 512;
 
 /// Bearer tokens that may send data.
 #[derive(Debug, Clone)]
@@ -252,7 +252,9 @@ fn batch_identity(headers: &HeaderMap) -> Result<(String, Option<(u64, u64)>), A
     }
 }
 
-/// Undoes `Content-Encoding: gzip`, refusing to inflate past `limit` bytes.
+/// Undoes `Content-Encoding: gzip` (every member of a multi-member stream, as `gzip`
+/// concatenations produce), refusing to inflate past `limit` bytes; bytes after the last
+/// member are an error, not silently ignored.
 async fn decode_body(headers: &HeaderMap, body: Bytes, limit: u64) -> Result<Bytes, ApiError> {
     let encoding = headers
         .get(header::CONTENT_ENCODING)
@@ -262,7 +264,7 @@ async fn decode_body(headers: &HeaderMap, body: Bytes, limit: u64) -> Result<Byt
         Some("gzip") => {
             let inflated = tokio::task::spawn_blocking(move || {
                 let mut out = Vec::with_capacity(body.len() * 4);
-                let mut decoder = flate2::read::GzDecoder::new(&body[..]).take(limit + 1);
+                let mut decoder = flate2::bufread::MultiGzDecoder::new(&body[..]).take(limit + 1);
                 decoder.read_to_end(&mut out).map(|_| out)
             })
             .await
@@ -331,3 +333,6 @@ fn wal_error(error: WalError) -> ApiError {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;
