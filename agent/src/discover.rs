@@ -23,7 +23,7 @@ use crate::checkpoint::{Entry, SharedCheckpoints};
 use crate::clock::Clock;
 use crate::config::{Config, FlowConfig, StartAt};
 use crate::ship::ShipRequest;
-use crate::tail::{FileId, TailEnd, Tailer, end_of_last_line, fingerprint};
+use crate::tail::{FileId, Fingerprint, TailEnd, Tailer, end_of_last_line, fingerprint};
 
 /// Capacity of the event queue from the watcher thread; overflow is dropped (see above).
 const EVENT_QUEUE: usize = 4096;
@@ -36,29 +36,42 @@ pub struct Discoverer {
     clock: Arc<dyn Clock>,
     shutdown: CancellationToken,
     active: HashMap<FileId, PathBuf>,
+    /// Each flow's compiled globs, in `config.flows` order.
+    matchers: Vec<Matcher>,
+    /// The file each followed path names, as of when its tailer started.
+    followed: HashMap<PathBuf, FileId>,
     wakes: HashMap<PathBuf, Arc<Notify>>,
-    tasks: JoinSet<(FileId, PathBuf, std::io::Result<TailEnd>)>,
-    first_scan: bool,
+    tasks: JoinSet<TailOutcome>,
+    /// Which file each tailer task follows, to clean up after a panic.
+    task_files: HashMap<tokio::task::Id, (FileId, PathBuf)>,
+    /// `start_at: end` applies only to the first scan of the agent's first run (no
+    /// checkpoints yet); files found later, or after a restart, are read from the start.
+    start_at_applies: bool,
 }
+
+/// What a tailer task returns: which file, and how it ended.
+type TailOutcome = (FileId, PathBuf, std::io::Result<TailEnd>);
 
 /// A file found by a scan, identified.
 struct Found {
     path: PathBuf,
     file: File,
     id: FileId,
-    fingerprint: u32,
+    fingerprint: Fingerprint,
     size: u64,
 }
 
 impl Discoverer {
-    /// A discoverer for the configured flows.
+    /// A discoverer for the configured flows; `first_run` when no checkpoint existed.
     pub fn new(
         config: Arc<Config>,
         checkpoints: SharedCheckpoints,
         ship: mpsc::Sender<ShipRequest>,
         clock: Arc<dyn Clock>,
         shutdown: CancellationToken,
+        first_run: bool,
     ) -> Self {
+        let matchers = config.flows.iter().map(Matcher::new).collect();
         Self {
             config,
             checkpoints,
@@ -66,9 +79,12 @@ impl Discoverer {
             clock,
             shutdown,
             active: HashMap::new(),
+            followed: HashMap::new(),
+            matchers,
             wakes: HashMap::new(),
             tasks: JoinSet::new(),
-            first_scan: true,
+            task_files: HashMap::new(),
+            start_at_applies: first_run,
         }
     }
 
@@ -82,7 +98,7 @@ impl Discoverer {
             tokio::select! {
                 _ = rescan.tick() => self.scan(),
                 Some(event) = events.recv() => self.on_event(event),
-                Some(done) = self.tasks.join_next(), if !self.tasks.is_empty() => {
+                Some(done) = self.tasks.join_next_with_id(), if !self.tasks.is_empty() => {
                     if self.finished(done) {
                         self.scan();
                     }
@@ -91,7 +107,7 @@ impl Discoverer {
             }
         }
         // Tailers see the same token: they stop reading and wait for their batch in flight.
-        while let Some(done) = self.tasks.join_next().await {
+        while let Some(done) = self.tasks.join_next_with_id().await {
             self.finished(done);
         }
     }
@@ -128,29 +144,51 @@ impl Discoverer {
     }
 
     fn on_event(&mut self, event: notify::Event) {
+        let mut rescan = false;
         for path in &event.paths {
             if let Some(wake) = self.wakes.get(path) {
                 wake.notify_one();
             }
+            // A watched path that is not followed as the file it now names: a new file, or
+            // one replaced by a rotation. Scanning at once (rather than at the next rescan)
+            // matters when a file is created and rotated away within a rescan interval.
+            if matches!(event.kind, EventKind::Create(_) | EventKind::Modify(_))
+                && self.wanted(path)
+            {
+                let now = std::fs::metadata(path).ok().map(|m| FileId::of(&m));
+                rescan |= now.is_some() && self.followed.get(path).copied() != now;
+            }
         }
-        if matches!(
-            event.kind,
-            EventKind::Create(_) | EventKind::Modify(notify::event::ModifyKind::Name(_))
-        ) {
+        if rescan {
             self.scan();
         }
+    }
+
+    /// Whether some flow's globs match `path` and none of its excludes do.
+    fn wanted(&self, path: &Path) -> bool {
+        self.matchers.iter().any(|m| m.wants(path))
     }
 
     /// Removes a finished tailer; true if a rescan should follow right away.
     fn finished(
         &mut self,
-        done: Result<(FileId, PathBuf, std::io::Result<TailEnd>), tokio::task::JoinError>,
+        done: Result<(tokio::task::Id, TailOutcome), tokio::task::JoinError>,
     ) -> bool {
-        let Ok((id, path, end)) = done else {
-            warn!("A tailer task panicked; its file is picked up again by the next scan.");
-            return true;
+        let (task, (id, path, end)) = match done {
+            Ok(done) => done,
+            Err(error) => {
+                warn!(%error, "A tailer task failed; its file is picked up again by the next scan.");
+                if let Some((id, _)) = self.task_files.remove(&error.id()) {
+                    self.active.remove(&id);
+                }
+                return true;
+            }
         };
+        self.task_files.remove(&task);
         self.active.remove(&id);
+        if self.followed.get(&path) == Some(&id) {
+            self.followed.remove(&path);
+        }
         if self
             .wakes
             .get(&path)
@@ -177,20 +215,20 @@ impl Discoverer {
         if self.shutdown.is_cancelled() {
             return;
         }
-        let flows = self.config.flows.clone();
-        for flow in &flows {
+        let config = self.config.clone();
+        for (flow, i) in config.flows.iter().zip(0..) {
             for pattern in &flow.paths {
                 let Ok(paths) = glob::glob(pattern) else {
                     continue;
                 };
                 for path in paths.filter_map(Result::ok) {
-                    if !excluded(flow, &path) {
+                    if !self.matchers[i].excluded(&path) {
                         self.consider(flow, path);
                     }
                 }
             }
         }
-        self.first_scan = false;
+        self.start_at_applies = false;
     }
 
     fn consider(&mut self, flow: &FlowConfig, path: PathBuf) {
@@ -218,16 +256,17 @@ impl Discoverer {
                 return;
             }
         };
-        let wake = self
-            .wakes
-            .entry(found.path.clone())
-            .or_insert_with(|| Arc::new(Notify::new()))
-            .clone();
+        // Events for this path now wake this tailer; one still draining a rotated file that
+        // had the same name relies on polling.
+        let wake = Arc::new(Notify::new());
+        self.wakes.insert(found.path.clone(), wake.clone());
+        self.followed.insert(found.path.clone(), found.id);
         let tailer = Tailer {
             stream: flow.stream.clone(),
             path: found.path.clone(),
             file: Arc::new(found.file),
             id: found.id,
+            fingerprint: found.fingerprint,
             source: format!("{}/{key}", self.config.agent_id()),
             key,
             start,
@@ -242,14 +281,16 @@ impl Discoverer {
         };
         info!(path = %found.path.display(), source = %tailer.source, offset = start, size = found.size, "Following file.");
         self.active.insert(found.id, found.path.clone());
-        let (id, path) = (found.id, found.path);
-        self.tasks
+        let (id, path) = (found.id, found.path.clone());
+        let task = self
+            .tasks
             .spawn(async move { (id, path, tailer.run().await) });
+        self.task_files.insert(task.id(), (id, found.path));
     }
 
     /// Finds the file's checkpoint (latest generation) and where to start reading.
     fn resolve_start(&self, flow: &FlowConfig, found: &Found) -> std::io::Result<(String, u64)> {
-        let base = format!("{:x}-{:08x}", found.id.ino, found.fingerprint);
+        let base = format!("{:x}-{:08x}", found.id.ino, found.fingerprint.crc);
         let mut checkpoints = self.checkpoints.lock().unwrap_or_else(|p| p.into_inner());
         let mut generation = 0;
         while checkpoints
@@ -265,7 +306,7 @@ impl Discoverer {
                 warn!(path = %found.path.display(), size = found.size, offset = entry.offset, "File is smaller than its checkpoint: truncated. Reading it from the start.");
                 (format!("{base}-{}", generation + 1), generation + 1, 0)
             }
-            None if self.first_scan && flow.start_at == StartAt::End => {
+            None if self.start_at_applies && flow.start_at == StartAt::End => {
                 (key, generation, end_of_last_line(&found.file, found.size)?)
             }
             None => (key, generation, 0),
@@ -300,15 +341,39 @@ fn identify(path: &Path) -> std::io::Result<Option<Found>> {
     }))
 }
 
-fn excluded(flow: &FlowConfig, path: &Path) -> bool {
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    flow.exclude
-        .iter()
-        .filter_map(|p| glob::Pattern::new(p).ok())
-        .any(|p| p.matches(&name) || p.matches_path(path))
+/// A flow's globs, compiled once (config validation already checked they compile).
+struct Matcher {
+    include: Vec<glob::Pattern>,
+    exclude: Vec<glob::Pattern>,
+}
+
+impl Matcher {
+    fn new(flow: &FlowConfig) -> Self {
+        let compile = |ps: &[String]| {
+            ps.iter()
+                .filter_map(|p| glob::Pattern::new(p).ok())
+                .collect()
+        };
+        Self {
+            include: compile(&flow.paths),
+            exclude: compile(&flow.exclude),
+        }
+    }
+
+    /// Whether an exclude pattern matches the file name or the whole path.
+    fn excluded(&self, path: &Path) -> bool {
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        self.exclude
+            .iter()
+            .any(|p| p.matches(&name) || p.matches_path(path))
+    }
+
+    fn wants(&self, path: &Path) -> bool {
+        self.include.iter().any(|p| p.matches_path(path)) && !self.excluded(path)
+    }
 }
 
 /// The directory part of a glob before its first wildcard, and whether it recurses.

@@ -64,6 +64,7 @@ pub async fn run(
         .with_context(|| format!("creating state_dir {}", config.state_dir.display()))?;
     let token = read_token(&config.collector.token_file)?;
     let checkpoints = checkpoint::load(&config.state_dir, clock.as_ref())?;
+    let first_run = checkpoints.entries().next().is_none();
     let checkpoints = Arc::new(Mutex::new(checkpoints));
     let give_up = CancellationToken::new();
     let collector = &config.collector;
@@ -105,6 +106,7 @@ pub async fn run(
         ship_tx,
         clock,
         shutdown.clone(),
+        first_run,
     );
     info!(agent_id = config.agent_id(), collector = %config.collector.url, flows = config.flows.len(), "Agent started.");
     let discovery = tokio::spawn(discoverer.run());

@@ -55,20 +55,41 @@ impl FileId {
     }
 }
 
-/// CRC-32 of the file's first line (up to 64 KiB of it), or `None` while the file has no
-/// complete first line yet and is shorter than that.
+/// A file's first line (up to 64 KiB of it): its CRC-32 and length. Part of the file's
+/// identity, and checked again before every read to notice a file rewritten in place.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Fingerprint {
+    /// CRC-32 of the bytes.
+    pub crc: u32,
+    /// How many bytes (the first line with its `\n`, or 64 KiB).
+    pub len: usize,
+}
+
+/// The file's [`Fingerprint`], or `None` while it has no complete first line yet and is
+/// shorter than 64 KiB.
 ///
 /// # Errors
 /// I/O errors reading the file.
-pub fn fingerprint(file: &File) -> std::io::Result<Option<u32>> {
+pub fn fingerprint(file: &File) -> std::io::Result<Option<Fingerprint>> {
     let mut buf = vec![0u8; FINGERPRINT_MAX_BYTES];
     let n = read_at_most(file, &mut buf, 0)?;
     let head = &buf[..n];
-    match memchr::memchr(b'\n', head) {
-        Some(nl) => Ok(Some(crc32fast::hash(&head[..=nl]))),
-        None if n == FINGERPRINT_MAX_BYTES => Ok(Some(crc32fast::hash(head))),
-        None => Ok(None),
-    }
+    let len = match memchr::memchr(b'\n', head) {
+        Some(nl) => nl + 1,
+        None if n == FINGERPRINT_MAX_BYTES => n,
+        None => return Ok(None),
+    };
+    Ok(Some(Fingerprint {
+        crc: crc32fast::hash(&head[..len]),
+        len,
+    }))
+}
+
+/// Whether the file still starts with the bytes `expected` was taken from.
+fn starts_as(file: &File, expected: Fingerprint) -> std::io::Result<bool> {
+    let mut buf = vec![0u8; expected.len];
+    let n = read_at_most(file, &mut buf, 0)?;
+    Ok(n == expected.len && crc32fast::hash(&buf) == expected.crc)
 }
 
 /// Offset just after the last newline in the file: where `start_at: end` begins.
@@ -108,22 +129,36 @@ struct Read {
     data: Bytes,
     lines: usize,
     size: u64,
+    /// The file shrank below the offset or no longer starts with its first line.
+    replaced: bool,
 }
 
 /// Reads whole lines at `offset`, at most `max_bytes` (more for a single longer line) and
 /// `max_records` lines.
 fn read_lines(
     file: &File,
+    expect: Fingerprint,
     offset: u64,
     max_bytes: u64,
     max_records: usize,
 ) -> std::io::Result<Read> {
     let size = file.metadata()?.len();
-    if size <= offset {
+    // A file truncated and written again past our offset between two reads is only
+    // recognisable by its first line.
+    if size < offset || !starts_as(file, expect)? {
         return Ok(Read {
             data: Bytes::new(),
             lines: 0,
             size,
+            replaced: true,
+        });
+    }
+    if size == offset {
+        return Ok(Read {
+            data: Bytes::new(),
+            lines: 0,
+            size,
+            replaced: false,
         });
     }
     let mut want = (size - offset).min(max_bytes.max(1));
@@ -145,6 +180,7 @@ fn read_lines(
             data: Bytes::from(buf),
             lines,
             size,
+            replaced: false,
         });
     }
 }
@@ -154,7 +190,8 @@ fn read_lines(
 pub enum TailEnd {
     /// The path now names another file (or nothing); this one was drained.
     RotatedAway,
-    /// The file shrank below what was read: start it again as a new generation.
+    /// The file shrank below what was read, or was rewritten (its first line changed):
+    /// discovery starts it again as a new identity from byte 0.
     Truncated,
     /// Shutdown was requested.
     Shutdown,
@@ -172,6 +209,8 @@ pub struct Tailer {
     pub file: Arc<File>,
     /// Device and inode.
     pub id: FileId,
+    /// Its first line, checked before every read.
+    pub fingerprint: Fingerprint,
     /// Checkpoint key (identity).
     pub key: String,
     /// Source name sent to the collector.
@@ -220,8 +259,8 @@ impl Tailer {
                     .read(pending.next_offset(), pending.room(&self.limits))
                     .await?;
                 size = read.size;
-                if read.size < pending.next_offset() {
-                    warn!(path = %self.path.display(), size = read.size, offset = pending.next_offset(), "File shrank below the read offset: truncated. Reading it again from the start.");
+                if read.replaced {
+                    warn!(path = %self.path.display(), size = read.size, offset = pending.next_offset(), "File was truncated or rewritten; sending what was read before it, then reading it again from the start.");
                     metrics::counter!("tollstream_agent_truncations_total").increment(1);
                     break TailEnd::Truncated;
                 }
@@ -242,13 +281,10 @@ impl Tailer {
                 }
             }
             if in_flight.is_none() && (blocked || pending.is_due(&self.limits, Instant::now())) {
-                let batch = pending.take(&self.stream, &self.source);
-                let (ack, answer) = oneshot::channel();
-                let end = batch.end();
-                if self.ship.send(ShipRequest { batch, ack }).await.is_err() {
-                    break TailEnd::ShipperGone;
+                match self.send(&mut pending).await {
+                    Some(sent) => in_flight = Some(sent),
+                    None => break TailEnd::ShipperGone,
                 }
-                in_flight = Some((answer, end));
                 continue;
             }
             if !(eof || blocked || pending.is_full(&self.limits)) {
@@ -283,10 +319,21 @@ impl Tailer {
         };
         // Stop reading, but let the batch in flight finish: its ack moves the checkpoint,
         // so the next start does not send it again.
+        let mut delivered = true;
         if in_flight.is_some() {
             let (result, end) = wait_ack(&mut in_flight).await;
-            if result.is_ok() {
+            delivered = result.is_ok();
+            if delivered {
                 self.acked(end, size);
+            }
+        }
+        // Lines read before a truncation exist nowhere else any more: send them now.
+        if end == TailEnd::Truncated && delivered && !pending.is_empty() {
+            in_flight = self.send(&mut pending).await;
+            if in_flight.is_some()
+                && let (Ok(()), batch_end) = wait_ack(&mut in_flight).await
+            {
+                self.acked(batch_end, size);
             }
         }
         if end == TailEnd::RotatedAway {
@@ -295,9 +342,19 @@ impl Tailer {
         Ok(end)
     }
 
+    /// Hands the pending lines to the shipper; `None` if it has stopped.
+    async fn send(&self, pending: &mut Pending) -> Option<InFlight> {
+        let batch = pending.take(&self.stream, &self.source);
+        let end = batch.end();
+        let (ack, answer) = oneshot::channel();
+        self.ship.send(ShipRequest { batch, ack }).await.ok()?;
+        Some((answer, end))
+    }
+
     async fn read(&self, offset: u64, room: (usize, u64)) -> std::io::Result<Read> {
         let file = self.file.clone();
-        tokio::task::spawn_blocking(move || read_lines(&file, offset, room.1, room.0))
+        let expect = self.fingerprint;
+        tokio::task::spawn_blocking(move || read_lines(&file, expect, offset, room.1, room.0))
             .await
             .map_err(std::io::Error::other)?
     }
@@ -357,10 +414,11 @@ mod tests {
     #[test]
     fn reads_only_whole_lines_and_resumes_at_the_partial_one() {
         let (mut tmp, file) = file_with(b"one\ntwo\nthr");
-        let read = read_lines(&file, 0, 1 << 20, 100).expect("read");
+        let fp = fingerprint(&file).expect("fp").expect("first line");
+        let read = read_lines(&file, fp, 0, 1 << 20, 100).expect("read");
         assert_eq!((&read.data[..], read.lines), (&b"one\ntwo\n"[..], 2));
         tmp.write_all(b"ee\n").expect("append");
-        let read = read_lines(&file, 8, 1 << 20, 100).expect("read");
+        let read = read_lines(&file, fp, 8, 1 << 20, 100).expect("read");
         assert_eq!(&read.data[..], b"three\n");
     }
 
@@ -368,7 +426,8 @@ mod tests {
     fn a_line_longer_than_the_batch_limit_is_read_whole() {
         let long = format!("{}\nnext\n", "x".repeat(5000));
         let (_tmp, file) = file_with(long.as_bytes());
-        let read = read_lines(&file, 0, 1024, 100).expect("read");
+        let fp = fingerprint(&file).expect("fp").expect("first line");
+        let read = read_lines(&file, fp, 0, 1024, 100).expect("read");
         assert_eq!(read.lines, 1);
         assert_eq!(read.data.len(), 5001);
     }
@@ -379,7 +438,13 @@ mod tests {
         assert_eq!(fingerprint(&file).expect("fp"), None);
         tmp.write_all(b" line\nsecond\n").expect("append");
         let fp = fingerprint(&file).expect("fp");
-        assert_eq!(fp, Some(crc32fast::hash(b"partial line\n")));
+        assert_eq!(
+            fp,
+            Some(Fingerprint {
+                crc: crc32fast::hash(b"partial line\n"),
+                len: 13
+            })
+        );
         let (_other, other) = file_with(b"another first line\n");
         assert_ne!(fingerprint(&other).expect("fp"), fp);
     }
@@ -390,5 +455,29 @@ mod tests {
         assert_eq!(end_of_last_line(&file, 8).expect("end"), 5);
         let (_tmp, file) = file_with(b"no newline");
         assert_eq!(end_of_last_line(&file, 10).expect("end"), 0);
+    }
+
+    #[test]
+    fn a_file_rewritten_past_the_offset_is_noticed_by_its_first_line() {
+        let (tmp, file) = file_with(b"first\nsecond\n");
+        let fp = fingerprint(&file).expect("fp").expect("first line");
+        assert!(
+            !read_lines(&file, fp, 13, 1 << 20, 100)
+                .expect("read")
+                .replaced
+        );
+        // Truncated and refilled beyond offset 13 between two reads.
+        std::fs::write(tmp.path(), b"other\nlines\nthat are longer\n").expect("rewrite");
+        assert!(
+            read_lines(&file, fp, 13, 1 << 20, 100)
+                .expect("read")
+                .replaced
+        );
+        std::fs::write(tmp.path(), b"").expect("truncate");
+        assert!(
+            read_lines(&file, fp, 13, 1 << 20, 100)
+                .expect("read")
+                .replaced
+        );
     }
 }

@@ -146,6 +146,14 @@ impl Archive {
             Timestamp::from_microsecond(first.received_at_us).unwrap_or(Timestamp::UNIX_EPOCH);
         let dir = self.hour_dir(stream, received);
         std::fs::create_dir_all(&dir).map_err(io("creating", &dir))?;
+        // New hour directories must survive a power loss as much as the object inside.
+        for ancestor in dir
+            .ancestors()
+            .skip(1)
+            .take_while(|a| a.starts_with(&self.root))
+        {
+            crate::fsutil::sync_dir(ancestor).map_err(io("syncing", ancestor))?;
+        }
         let path = dir.join(Self::object_name(stream, first.seq, last.seq));
         let index: Vec<IndexEntry> = records
             .iter()

@@ -92,6 +92,14 @@ pub async fn run(
         let position_file = data_dir.join("state").join(format!("{name}.archive.pos"));
         let durable = wal.durable();
         let mut position = buffer::load_position(&position_file)?.max(wal.first_seq() - 1);
+        let wal_end = durable.borrow().seq;
+        if position > wal_end {
+            anyhow::bail!(
+                "{} says records up to {position} were archived, but the WAL of stream {name} ends at                  {wal_end}: the WAL lost acknowledged records (was {} removed?). Restore it, or move                  the stream's archive, state and WAL aside to start it afresh.",
+                position_file.display(),
+                wal_dir.display()
+            );
+        }
         let mut reader = wal.reader(position + 1);
         position = buffer::adopt_written_objects(
             name,

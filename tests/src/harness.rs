@@ -245,6 +245,8 @@ pub struct AgentSetup {
     pub batch_max_age: &'static str,
     /// Batch `max_records`.
     pub batch_max_records: usize,
+    /// `start_at` for files without a checkpoint: `beginning` or `end`.
+    pub start_at: &'static str,
 }
 
 /// The bearer token the harness configures on both sides.
@@ -288,9 +290,10 @@ pub fn write_agent_config(dir: &Path, setup: &AgentSetup) -> anyhow::Result<Path
     let text = format!(
         "agent_id: e2e-booth\nstate_dir: agent-state\n{metrics}collector:\n  url: http://127.0.0.1:{}\n  token_file: agent.token\n\
          poll_interval: 100ms\nrotate_wait: 1s\nflows:\n  - stream: toll-transactions\n    paths: [{}]\n    exclude: [\"*.gz\"]\n\
-         \x20   batch: {{ max_records: {}, max_bytes: 1MiB, max_age: {} }}\n",
+         \x20   start_at: {}\n    batch: {{ max_records: {}, max_bytes: 1MiB, max_age: {} }}\n",
         setup.collector_port,
         paths.join(", "),
+        setup.start_at,
         setup.batch_max_records,
         setup.batch_max_age
     );

@@ -59,6 +59,9 @@ pub struct Scan {
     pub torn_bytes: u64,
     /// What was wrong with the tail, if anything.
     pub tail_error: Option<DecodeError>,
+    /// Whether that damage looks like a write cut short by a crash: the bad frame runs to
+    /// the end of the file, or nothing but zeros follows it.
+    pub torn_tail: bool,
 }
 
 /// Reads every valid record of `segment` in order, calling `visit` for each, and reports
@@ -89,10 +92,22 @@ pub fn scan(
                 at += used;
             }
             Err(error) => {
+                let rest = &bytes[at..];
+                let reaches_end = match error {
+                    DecodeError::Truncated { .. } => true,
+                    _ => {
+                        rest.len() >= FRAME_HEADER_BYTES && {
+                            let len =
+                                u32::from_le_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize;
+                            FRAME_HEADER_BYTES.saturating_add(len) >= rest.len()
+                        }
+                    }
+                };
                 return Ok(Scan {
                     valid_len: at as u64,
-                    torn_bytes: (bytes.len() - at) as u64,
+                    torn_bytes: rest.len() as u64,
                     tail_error: Some(error),
+                    torn_tail: reaches_end || rest.iter().all(|&b| b == 0),
                 });
             }
         }
@@ -101,6 +116,7 @@ pub fn scan(
         valid_len: at as u64,
         torn_bytes: 0,
         tail_error: None,
+        torn_tail: false,
     })
 }
 

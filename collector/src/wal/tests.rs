@@ -242,3 +242,59 @@ async fn reader_never_sees_bytes_past_the_durable_position() {
     );
     close(wal, thread);
 }
+
+#[tokio::test]
+async fn damage_before_valid_records_stops_recovery_instead_of_cutting_them() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (wal, thread) = open(dir.path(), 1 << 20);
+    for i in 0..3u64 {
+        wal.append(batch("a/1", i * 4, &["abc"]))
+            .await
+            .expect("written");
+    }
+    close(wal, thread);
+    let segment = segment::segment_path(dir.path(), 1);
+    let mut bytes = std::fs::read(&segment).expect("read");
+    bytes[20] ^= 0xff; // Inside the first record, with two good records after it.
+    std::fs::write(&segment, &bytes).expect("write");
+    let err = Wal::open(dir.path(), options(1 << 20), Arc::new(SystemClock))
+        .err()
+        .expect("refused");
+    assert!(matches!(err, WalError::Corrupt { .. }), "{err}");
+    assert_eq!(
+        std::fs::read(&segment).expect("read"),
+        bytes,
+        "nothing was cut"
+    );
+}
+
+#[tokio::test]
+async fn a_zero_filled_tail_and_an_unused_stray_segment_are_cleaned_up() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (wal, thread) = open(dir.path(), 1 << 20);
+    wal.append(batch("a/1", 0, &["abc"]))
+        .await
+        .expect("written");
+    close(wal, thread);
+    let segment = segment::segment_path(dir.path(), 1);
+    let good = std::fs::metadata(&segment).expect("stat").len();
+    let mut file = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&segment)
+        .expect("open");
+    std::io::Write::write_all(&mut file, &[0u8; 4096]).expect("zeros");
+    std::fs::File::create(segment::segment_path(dir.path(), 9)).expect("stray");
+    let (wal, thread) = open(dir.path(), 1 << 20);
+    assert_eq!(std::fs::metadata(&segment).expect("stat").len(), good);
+    assert_eq!(
+        segment::list(dir.path()).expect("list").len(),
+        1,
+        "stray segment removed"
+    );
+    let next = wal
+        .append(batch("a/1", 4, &["def"]))
+        .await
+        .expect("written");
+    assert!(matches!(next, Appended::Written { seq: 2, .. }), "{next:?}");
+    close(wal, thread);
+}

@@ -35,10 +35,20 @@ pub fn recover(dir: &Path) -> Result<Recovered, WalError> {
     // Segment files are created empty before being named in any state; drop leftovers of a
     // crash at that moment only if they are empty and last.
     let (mut high_water, snapshot_seq) = snapshot::load(dir)?;
-    let segments = segment::list(dir)?;
+    let mut segments = segment::list(dir)?;
+    // An empty newest segment holds nothing (a roll-over that failed or crashed before
+    // its first write); dropping it lets appending continue in the one before.
+    while segments.len() > 1 && segments.last().is_some_and(|s| is_empty(&s.path)) {
+        if let Some(stray) = segments.pop() {
+            warn!(path = %stray.path.display(), "Removing an empty WAL segment left by an interrupted roll-over.");
+            std::fs::remove_file(&stray.path)
+                .map_err(|e| WalError::io("deleting", &stray.path, e))?;
+        }
+    }
     let mut next_seq = snapshot_seq + 1;
     let mut tail_len = 0;
     for (i, seg) in segments.iter().enumerate() {
+        let is_last = i + 1 == segments.len();
         if i > 0 && seg.first_seq != next_seq {
             return Err(WalError::Corrupt {
                 path: seg.path.clone(),
@@ -60,7 +70,9 @@ pub fn recover(dir: &Path) -> Result<Recovered, WalError> {
             Ok(())
         })?;
         if let Some(error) = scan.tail_error {
-            if i + 1 != segments.len() {
+            // Only the very end of the newest segment can be a torn write; damage with
+            // valid-looking data after it means acknowledged records are at stake.
+            if !is_last || !scan.torn_tail {
                 return Err(WalError::Corrupt {
                     path: seg.path.clone(),
                     offset: scan.valid_len,
@@ -102,6 +114,8 @@ pub struct Writer {
     consumers: Arc<Consumers>,
     clock: Arc<dyn Clock>,
     buf: BytesMut,
+    /// Set when the log could not be restored after a failed write; no more writes then.
+    poisoned: Option<String>,
 }
 
 /// What to do with one request in a group.
@@ -131,14 +145,17 @@ impl Writer {
             tail_len,
             ..
         } = recovered;
-        if segments.is_empty() {
-            segments.push(create_segment(dir, next_seq)?);
-        }
-        let active = segments.last().map(|s| s.path.clone()).unwrap_or_default();
-        let file = OpenOptions::new()
-            .append(true)
-            .open(&active)
-            .map_err(|e| WalError::io("opening", &active, e))?;
+        let file = if segments.is_empty() {
+            let (segment, file) = create_segment(dir, next_seq)?;
+            segments.push(segment);
+            file
+        } else {
+            let active = segments.last().map(|s| s.path.clone()).unwrap_or_default();
+            OpenOptions::new()
+                .append(true)
+                .open(&active)
+                .map_err(|e| WalError::io("opening", &active, e))?
+        };
         Ok(Self {
             dir: dir.to_path_buf(),
             segment_bytes,
@@ -151,6 +168,7 @@ impl Writer {
             consumers,
             clock,
             buf: BytesMut::with_capacity(4 << 20),
+            poisoned: None,
         })
     }
 
@@ -192,6 +210,15 @@ impl Writer {
 
     /// Writes a group with one fsync and answers every request in it.
     fn commit(&mut self, group: &mut Vec<(AppendRequest, Reply)>) {
+        if let Some(reason) = &self.poisoned {
+            for (_, reply) in group.drain(..) {
+                let source = std::io::Error::other(format!(
+                    "WAL stopped after an earlier failure: {reason}"
+                ));
+                let _ = reply.send(Err(WalError::io("writing", &self.dir, source)));
+            }
+            return;
+        }
         self.buf.clear();
         let start_seq = self.next_seq;
         let received_at_us = self.clock.now().as_microsecond();
@@ -235,7 +262,9 @@ impl Writer {
                 warn!(%error, requests = group.len(), "WAL write failed; the batches will be retried by their senders.");
                 metrics::counter!("tollstream_collector_wal_write_errors_total").increment(1);
                 if let Err(cut) = self.file.set_len(self.file_len) {
-                    warn!(error = %cut, "Could not cut the WAL back after a failed write.");
+                    // Appending after bytes of unknown state would bury them mid-segment.
+                    tracing::error!(error = %cut, "Could not cut the WAL back after a failed write; refusing writes until restart (recovery cuts the torn tail).");
+                    self.poisoned = Some(cut.to_string());
                 }
                 for (source, previous) in undo.into_iter().rev() {
                     match previous {
@@ -333,17 +362,11 @@ impl Writer {
 
     /// Starts a new segment, then deletes old ones every consumer has passed.
     fn roll_over(&mut self) -> Result<(), WalError> {
-        self.segments
-            .push(create_segment(&self.dir, self.next_seq)?);
-        let active = self
-            .segments
-            .last()
-            .map(|s| s.path.clone())
-            .unwrap_or_default();
-        self.file = OpenOptions::new()
-            .append(true)
-            .open(&active)
-            .map_err(|e| WalError::io("opening", &active, e))?;
+        // Switch only once the new segment exists, is open and its name is durable; a
+        // half-made one is removed, and writing goes on in the current segment.
+        let (segment, file) = create_segment(&self.dir, self.next_seq)?;
+        self.segments.push(segment);
+        self.file = file;
         self.file_len = 0;
         self.delete_consumed()
     }
@@ -361,17 +384,32 @@ impl Writer {
         }
         // The marks of the records about to go must outlive them.
         snapshot::store(&self.dir, &self.high_water, self.next_seq - 1)?;
-        for seg in self.segments.drain(..deletable) {
-            std::fs::remove_file(&seg.path).map_err(|e| WalError::io("deleting", &seg.path, e))?;
-            info!(path = %seg.path.display(), "Deleted consumed WAL segment.");
+        for _ in 0..deletable {
+            let path = self.segments[0].path.clone();
+            std::fs::remove_file(&path).map_err(|e| WalError::io("deleting", &path, e))?;
+            self.segments.remove(0);
+            info!(path = %path.display(), "Deleted consumed WAL segment.");
         }
         crate::fsutil::sync_dir(&self.dir).map_err(|e| WalError::io("syncing", &self.dir, e))
     }
 }
 
-fn create_segment(dir: &Path, first_seq: u64) -> Result<Segment, WalError> {
+/// Creates an empty segment, open for appending, with its directory entry durable.
+fn create_segment(dir: &Path, first_seq: u64) -> Result<(Segment, File), WalError> {
     let path = segment::segment_path(dir, first_seq);
-    File::create(&path).map_err(|e| WalError::io("creating", &path, e))?;
-    crate::fsutil::sync_dir(dir).map_err(|e| WalError::io("syncing", dir, e))?;
-    Ok(Segment { first_seq, path })
+    let file = OpenOptions::new()
+        .create_new(true)
+        .append(true)
+        .open(&path)
+        .map_err(|e| WalError::io("creating", &path, e))?;
+    if let Err(e) = crate::fsutil::sync_dir(dir) {
+        drop(file);
+        let _ = std::fs::remove_file(&path); // Best effort; recovery drops an empty stray.
+        return Err(WalError::io("syncing", dir, e));
+    }
+    Ok((Segment { first_seq, path }, file))
+}
+
+fn is_empty(path: &Path) -> bool {
+    std::fs::metadata(path).is_ok_and(|m| m.len() == 0)
 }

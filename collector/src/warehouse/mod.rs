@@ -166,11 +166,7 @@ impl<W: Warehouse> Loader<W> {
     /// # Errors
     /// Only if the blocking pool is gone; load failures are retried.
     pub async fn run(mut self) -> anyhow::Result<()> {
-        let mut loaded = self.blocking(|w, stream, _| w.last_loaded(stream)).await?;
-        let backlog = {
-            let (archive, stream) = (self.archive.clone(), self.stream.clone());
-            tokio::task::spawn_blocking(move || archive.list_after(&stream, loaded)).await??
-        };
+        let (mut loaded, backlog) = self.catch_up_list().await;
         if !backlog.is_empty() {
             info!(stream = %self.stream, objects = backlog.len(), "Loading archive objects not yet in the warehouse.");
         }
@@ -184,6 +180,31 @@ impl<W: Warehouse> Loader<W> {
         }
         info!(stream = %self.stream, last_loaded_seq = loaded, "Loader stopped.");
         Ok(())
+    }
+
+    /// The manifest's position and the archive objects after it, retried until both can
+    /// be read (a locked database, a directory removed while listing).
+    async fn catch_up_list(&self) -> (u64, Vec<ArchiveObject>) {
+        let mut delay = RETRY_MIN;
+        loop {
+            let attempt = async {
+                let loaded = self.blocking(|w, stream, _| w.last_loaded(stream)).await?;
+                let (archive, stream) = (self.archive.clone(), self.stream.clone());
+                let backlog =
+                    tokio::task::spawn_blocking(move || archive.list_after(&stream, loaded))
+                        .await??;
+                anyhow::Ok((loaded, backlog))
+            };
+            match attempt.await {
+                Ok(found) => return found,
+                Err(error) => {
+                    warn!(stream = %self.stream, error = format!("{error:#}"), retry_in = ?delay, "Cannot read the load manifest or list the archive; will retry.");
+                    metrics::counter!("tollstream_collector_load_errors_total", "stream" => self.stream.clone()).increment(1);
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(RETRY_MAX);
+                }
+            }
+        }
     }
 
     /// Loads `object`, retrying with backoff until it succeeds; returns the new position.

@@ -77,6 +77,7 @@ fn main() -> anyhow::Result<()> {
             paths: vec!["logs/*.log".into()],
             batch_max_age: "200ms",
             batch_max_records: 5000,
+            start_at: "beginning",
         },
     )?;
     let mut collector = Daemon::new(

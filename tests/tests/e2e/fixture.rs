@@ -13,20 +13,36 @@ use tollstream_tests::harness::{
 use tollstream_tests::sim::{Mode, SimConfig, SimWriter, Summary, WriteOptions};
 
 /// How long a test waits for data to arrive before failing.
-pub const ARRIVAL_TIMEOUT: Duration = Duration::from_secs(120);
+pub const ARRIVAL_TIMEOUT: Duration = Duration::from_secs(300);
 /// How long a daemon gets to exit after SIGTERM.
-pub const EXIT_TIMEOUT: Duration = Duration::from_secs(30);
+pub const EXIT_TIMEOUT: Duration = Duration::from_secs(60);
 
 pub struct Pipeline {
     pub dir: tempfile::TempDir,
     pub collector: Daemon,
     pub agent: Daemon,
     pub collector_port: u16,
+    /// Set once both daemons stopped cleanly; a test that ends earlier failed.
+    pub stopped: bool,
 }
 
 impl Pipeline {
     /// Writes configs for both daemons and starts them; the agent follows `logs/*.log`.
     pub fn start() -> anyhow::Result<Self> {
+        Self::start_with(|_| ())
+    }
+
+    /// Like [`Pipeline::start`], with the agent's settings adjusted by `adjust` and
+    /// `prepare` run on the test directory before the agent starts.
+    pub fn start_with(adjust: impl FnOnce(&mut AgentSetup)) -> anyhow::Result<Self> {
+        Self::start_prepared(adjust, |_| Ok(()))
+    }
+
+    /// The general form: `prepare` runs after the collector is up, before the agent starts.
+    pub fn start_prepared(
+        adjust: impl FnOnce(&mut AgentSetup),
+        prepare: impl FnOnce(&Path) -> anyhow::Result<()>,
+    ) -> anyhow::Result<Self> {
         let dir = tempfile::Builder::new()
             .prefix("tollstream-e2e-")
             .tempdir()?;
@@ -41,16 +57,16 @@ impl Pipeline {
                 buffer_max_age: "300ms",
             },
         )?;
-        let agent_config = write_agent_config(
-            dir.path(),
-            &AgentSetup {
-                collector_port,
-                metrics_port: None,
-                paths: vec!["logs/*.log".into()],
-                batch_max_age: "100ms",
-                batch_max_records: 5000,
-            },
-        )?;
+        let mut setup = AgentSetup {
+            collector_port,
+            metrics_port: None,
+            paths: vec!["logs/*.log".into()],
+            batch_max_age: "100ms",
+            batch_max_records: 5000,
+            start_at: "beginning",
+        };
+        adjust(&mut setup);
+        let agent_config = write_agent_config(dir.path(), &setup)?;
         let mut collector = Daemon::new(
             "collector",
             binary("tollstream-collector")?,
@@ -69,8 +85,10 @@ impl Pipeline {
             collector,
             agent: Daemon::new("unused", PathBuf::new(), PathBuf::new(), PathBuf::new()),
             collector_port,
+            stopped: false,
         };
         pipeline.wait_collector_ready()?;
+        prepare(pipeline.dir.path())?;
         agent.start()?;
         pipeline.agent = agent;
         Ok(pipeline)
@@ -165,6 +183,7 @@ impl Pipeline {
         anyhow::ensure!(agent.success(), "agent exited with {agent}");
         let collector = self.collector.terminate(EXIT_TIMEOUT)?;
         anyhow::ensure!(collector.success(), "collector exited with {collector}");
+        self.stopped = true;
         Ok(())
     }
 
@@ -201,8 +220,9 @@ impl Pipeline {
 impl Drop for Pipeline {
     fn drop(&mut self) {
         let keep = std::env::var_os("TOLLSTREAM_E2E_KEEP").is_some();
-        if std::thread::panicking() || keep {
-            if std::thread::panicking() {
+        let failed = std::thread::panicking() || !self.stopped;
+        if failed || keep {
+            if failed {
                 eprintln!(
                     "{}\n{}",
                     self.collector.log_tail(60),

@@ -3,5 +3,6 @@
 //!
 //! Build the binaries first: `cargo build --workspace --bins && cargo test --workspace`.
 
+mod files;
 mod fixture;
 mod pipeline;

@@ -1,0 +1,116 @@
+//! What happens to the files under the agent: rotation by rename, truncation in place, and
+//! where reading starts in files the agent has never seen.
+
+use std::time::Duration;
+
+use tollstream_tests::harness::wait_for;
+
+use crate::fixture::{EXIT_TIMEOUT, Pipeline};
+
+#[test]
+fn rename_rotation_with_late_writes_to_the_old_file_loses_and_duplicates_nothing()
+-> anyhow::Result<()> {
+    let mut pipeline = Pipeline::start()?;
+    let mut writer = pipeline.writer(60_000, 0)?;
+    for round in 1..=2 {
+        writer.write(15_000)?;
+        // logrotate's default: rename, then the writer keeps appending to the renamed file
+        // until it reopens its log.
+        for path in pipeline.log_files(3) {
+            std::fs::rename(&path, path.with_extension(format!("log.{round}")))?;
+        }
+        writer.write(5_000)?;
+        writer.reopen()?;
+        writer.write(5_000)?;
+    }
+    writer.write_all()?;
+    let written = writer.into_summary();
+    pipeline.wait_loaded(written.valid_lines, 0)?;
+    pipeline.stop()?;
+    pipeline.assert_exactly_once(&written)
+}
+
+#[test]
+fn a_file_truncated_in_place_is_read_again_from_the_start() -> anyhow::Result<()> {
+    let mut pipeline = Pipeline::start()?;
+    let path = pipeline.dir.path().join("logs").join("booth.log");
+    let lines: Vec<String> = (0..3000).map(line).collect();
+    std::fs::write(&path, lines[..1000].concat())?;
+    pipeline.wait_loaded(1000, 0)?;
+    // Truncated and written again with more than before, as between two reads.
+    std::fs::write(&path, lines[1000..2500].concat())?;
+    pipeline.wait_loaded(2500, 0)?;
+    // Truncated to nothing, then written.
+    std::fs::write(&path, "")?;
+    std::fs::write(&path, lines[2500..].concat())?;
+    pipeline.wait_loaded(3000, 0)?;
+    pipeline.stop()?;
+    let warehouse = pipeline.warehouse()?;
+    assert_eq!(
+        warehouse.count("SELECT COUNT(*) FROM toll_transactions")?,
+        3000
+    );
+    assert_eq!(warehouse.count("SELECT SUM(duplicates) FROM loads")?, 0);
+    assert_eq!(
+        warehouse.count("SELECT COUNT(*) FROM rejected_records")?,
+        0,
+        "no fragment of a rewritten file was shipped"
+    );
+    Ok(())
+}
+
+#[test]
+fn start_at_end_skips_only_what_existed_before_the_first_start() -> anyhow::Result<()> {
+    let old: Vec<String> = (0..500).map(line).collect();
+    let mut pipeline = Pipeline::start_prepared(
+        |setup| setup.start_at = "end",
+        |dir| {
+            Ok(std::fs::write(
+                dir.join("logs").join("a.log"),
+                old.concat(),
+            )?)
+        },
+    )?;
+    let a = pipeline.dir.path().join("logs").join("a.log");
+    let b = pipeline.dir.path().join("logs").join("b.log");
+    let new: Vec<String> = (500..1500).map(line).collect();
+    // Appending is only seen once the agent follows the file: wait for it to say so.
+    let agent_log = pipeline.dir.path().join("agent.log");
+    wait_for("the agent to follow a.log", Duration::from_secs(30), || {
+        std::fs::read_to_string(&agent_log).is_ok_and(|log| log.contains("Following file"))
+    })?;
+    append(&a, &new[..300])?;
+    pipeline.wait_loaded(300, 0)?;
+    // A file created while the agent is down (a rotation) is read from its start after the
+    // restart: `start_at: end` was about the first start only.
+    assert!(pipeline.agent.terminate(EXIT_TIMEOUT)?.success());
+    append(&a, &new[300..400])?;
+    std::fs::write(&b, new[400..].concat())?;
+    pipeline.agent.start()?;
+    pipeline.wait_loaded(1000, 0)?;
+    pipeline.stop()?;
+    let warehouse = pipeline.warehouse()?;
+    assert_eq!(
+        warehouse.count("SELECT COUNT(*) FROM toll_transactions")?,
+        1000,
+        "none of the 500 old lines, all 1000 new ones"
+    );
+    Ok(())
+}
+
+/// A valid toll line with a transaction id derived from `n`.
+fn line(n: usize) -> String {
+    format!(
+        "2026-11-25T14:03:27.512-03:00,00000000-0000-4000-8000-{n:012},PLZ-001,1,C0000001,TX-0000001,1,12.50\n"
+    )
+}
+
+fn append(path: &std::path::Path, lines: &[String]) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut file = std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .open(path)?;
+    file.write_all(lines.concat().as_bytes())?;
+    Ok(())
+}
