@@ -10,9 +10,10 @@
 //!
 //! Durability: temp file, fsync, rename, directory fsync. At start a complete, valid temp
 //! file (a crash after its fsync but before the rename) wins over the main file. A damaged
-//! checkpoint is moved aside with an ERROR and the agent starts as if it had none; the
-//! collector's duplicate detection then drops what it already has, so nothing is lost and
-//! nothing duplicated.
+//! checkpoint is moved aside with an ERROR and the agent starts as if it had none: with
+//! `start_at: beginning` (the default) files are read again and the collector's duplicate
+//! detection drops what it already has; with `start_at: end` what was not yet shipped
+//! before the damage is skipped, which the ERROR says.
 
 use std::collections::BTreeMap;
 use std::fs::File;
