@@ -208,6 +208,45 @@ impl Daemon {
     pub fn starts(&self) -> u32 {
         self.starts
     }
+
+    /// CPU time and peak RSS of the running process, from `/proc`.
+    pub fn usage(&self) -> Option<Usage> {
+        Usage::of(self.child.as_ref()?.id())
+    }
+}
+
+/// CPU time and peak resident memory of a process.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Usage {
+    /// User + system CPU seconds.
+    pub cpu_seconds: f64,
+    /// Peak resident set size (VmHWM), bytes.
+    pub peak_rss_bytes: u64,
+}
+
+impl Usage {
+    /// Reads `/proc/<pid>/stat` and `/proc/<pid>/status`.
+    pub fn of(pid: u32) -> Option<Self> {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        // Fields after the parenthesised command name; utime and stime are the 12th and 13th.
+        let after = stat.rsplit_once(')')?.1;
+        let fields: Vec<&str> = after.split_whitespace().collect();
+        let ticks: f64 =
+            fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+        let hwm_kb: u64 = status
+            .lines()
+            .find(|l| l.starts_with("VmHWM:"))?
+            .split_whitespace()
+            .nth(1)?
+            .parse()
+            .ok()?;
+        // Linux reports these in USER_HZ, which is 100 on every mainstream architecture.
+        Some(Self {
+            cpu_seconds: ticks / 100.0,
+            peak_rss_bytes: hwm_kb * 1024,
+        })
+    }
 }
 
 impl Drop for Daemon {
