@@ -71,8 +71,8 @@ pub struct SourceLine<'a> {
     pub source: &'a str,
     /// Byte offset of the line in the source, when known.
     pub offset: Option<u64>,
-    /// When the collector accepted it.
-    pub received_at: Timestamp,
+    /// When the collector accepted it, formatted as the warehouse stores times.
+    pub received_at: &'a str,
     /// The line without its `\n`.
     pub line: &'a [u8],
 }
@@ -87,14 +87,16 @@ impl LoadJob<'_> {
         for entry in &self.index {
             let end = at + entry.bytes as usize;
             let chunk = &self.data[at..end];
-            let received_at =
-                Timestamp::from_microsecond(entry.received_at_us).unwrap_or(Timestamp::UNIX_EPOCH);
+            // Formatted once per WAL record, not once per line.
+            let received_at = crate::schema::format_timestamp(
+                Timestamp::from_microsecond(entry.received_at_us).unwrap_or(Timestamp::UNIX_EPOCH),
+            );
             let mut line_start = 0usize;
             for nl in memchr::memchr_iter(b'\n', chunk) {
                 visit(SourceLine {
                     source: &entry.source,
                     offset: entry.start.map(|s| s + line_start as u64),
-                    received_at,
+                    received_at: &received_at,
                     line: &chunk[line_start..nl],
                 })?;
                 line_start = nl + 1;
