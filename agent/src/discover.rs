@@ -271,6 +271,7 @@ impl Discoverer {
             key,
             start,
             limits: flow.batch.clone(),
+            gzip_level: self.config.collector.gzip_level,
             poll_interval: self.config.poll_interval,
             rotate_wait: self.config.rotate_wait,
             wake,

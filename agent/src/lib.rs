@@ -73,7 +73,6 @@ pub async fn run(
         &token,
         collector.request_timeout,
         collector.max_in_flight,
-        collector.gzip_level,
         give_up.clone(),
     )?;
     let (ship_tx, ship_rx) = mpsc::channel(collector.max_in_flight * 2);

@@ -28,6 +28,10 @@ const PERMANENT_RETRY: Duration = Duration::from_secs(30);
 pub struct ShipRequest {
     /// The batch.
     pub batch: Batch,
+    /// Its request body, already encoded by the tailer.
+    pub body: Bytes,
+    /// Whether `body` is gzip.
+    pub gzip: bool,
     /// Receives `Ok` once the collector made it durable, `Err` if shutdown came first.
     pub ack: oneshot::Sender<Result<(), ShipError>>,
 }
@@ -101,7 +105,6 @@ pub struct Shipper {
     client: reqwest::Client,
     url: String,
     auth: HeaderValue,
-    gzip_level: u32,
     backoff: Backoff,
     in_flight: Arc<Semaphore>,
     shutdown: CancellationToken,
@@ -117,7 +120,6 @@ impl Shipper {
         token: &str,
         timeout: Duration,
         max_in_flight: usize,
-        gzip_level: u32,
         shutdown: CancellationToken,
     ) -> anyhow::Result<Self> {
         let mut auth = HeaderValue::from_str(&format!("Bearer {token}")).map_err(|_| {
@@ -134,7 +136,6 @@ impl Shipper {
             client,
             url: url.trim_end_matches('/').to_owned(),
             auth,
-            gzip_level,
             backoff: Backoff::try_new(Duration::from_millis(100), Duration::from_secs(10))
                 .map_err(anyhow::Error::msg)?,
             in_flight: Arc::new(Semaphore::new(max_in_flight)),
@@ -153,7 +154,9 @@ impl Shipper {
         while let Some(request) = requests.recv().await {
             let shipper = this.clone();
             tasks.spawn(async move {
-                let result = shipper.deliver(&request.batch).await;
+                let result = shipper
+                    .deliver(&request.batch, &request.body, request.gzip)
+                    .await;
                 let _ = request.ack.send(result); // The tailer may have stopped waiting.
             });
         }
@@ -162,14 +165,7 @@ impl Shipper {
     }
 
     /// Sends one batch until the collector acknowledges it or shutdown is requested.
-    async fn deliver(&self, batch: &Batch) -> Result<(), ShipError> {
-        let level = self.gzip_level;
-        let encoded = {
-            let batch = batch.clone();
-            tokio::task::spawn_blocking(move || batch.encode(level))
-                .await
-                .unwrap_or_else(|_| Bytes::new())
-        };
+    async fn deliver(&self, batch: &Batch, body: &Bytes, gzip: bool) -> Result<(), ShipError> {
         let url = format!("{}/v1/streams/{}/records", self.url, batch.stream);
         let started = tokio::time::Instant::now();
         let mut attempt = 0u32;
@@ -179,7 +175,7 @@ impl Shipper {
                 let Ok(_permit) = self.in_flight.acquire().await else {
                     return Err(ShipError::ShuttingDown);
                 };
-                self.post(&url, batch, encoded.clone()).await
+                self.post(&url, batch, body.clone(), gzip).await
             };
             let delay = match answer {
                 Ok((Verdict::Done, _)) => {
@@ -226,6 +222,7 @@ impl Shipper {
         url: &str,
         batch: &Batch,
         body: Bytes,
+        gzip: bool,
     ) -> Result<(Verdict, StatusCode), reqwest::Error> {
         let mut request = self
             .client
@@ -237,7 +234,7 @@ impl Shipper {
                 "x-tollstream-range",
                 format!("{}-{}", batch.start, batch.end()),
             );
-        if self.gzip_level > 0 {
+        if gzip {
             request = request.header(CONTENT_ENCODING, "gzip");
         }
         let response = request.body(body).send().await?;

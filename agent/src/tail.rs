@@ -219,6 +219,8 @@ pub struct Tailer {
     pub start: u64,
     /// Batch limits.
     pub limits: BatchConfig,
+    /// gzip level of request bodies (0: none).
+    pub gzip_level: u32,
     /// Growth check interval without file events.
     pub poll_interval: Duration,
     /// Quiet time before a rotated file is let go.
@@ -237,6 +239,13 @@ pub struct Tailer {
 
 type InFlight = (oneshot::Receiver<Result<(), ShipError>>, u64);
 
+/// A batch with its encoded request body.
+struct Sealed {
+    batch: crate::batch::Batch,
+    body: Bytes,
+    gzip: bool,
+}
+
 impl Tailer {
     /// Follows the file until it is rotated away and drained, truncated, or shutdown.
     ///
@@ -245,6 +254,8 @@ impl Tailer {
     pub async fn run(self) -> std::io::Result<TailEnd> {
         let mut pending = Pending::new(self.start);
         let mut in_flight: Option<InFlight> = None;
+        // The next batch, already encoded while the one before it is on the wire.
+        let mut sealed: Option<Sealed> = None;
         let mut quiet_since = Instant::now();
         let mut gone_since: Option<Instant> = None;
         let mut size = self.start;
@@ -280,11 +291,21 @@ impl Tailer {
                     eof = true;
                 }
             }
-            if in_flight.is_none() && (blocked || pending.is_due(&self.limits, Instant::now())) {
-                match self.send(&mut pending).await {
+            let due = blocked || pending.is_due(&self.limits, Instant::now());
+            if in_flight.is_none() && (sealed.is_some() || due) {
+                let next = match sealed.take() {
+                    Some(next) => next,
+                    None => self.seal(&mut pending).await,
+                };
+                match self.send(next).await {
                     Some(sent) => in_flight = Some(sent),
                     None => break TailEnd::ShipperGone,
                 }
+                continue;
+            }
+            if sealed.is_none() && due {
+                // Compress the next batch while the previous one is being acknowledged.
+                sealed = Some(self.seal(&mut pending).await);
                 continue;
             }
             if !(eof || blocked || pending.is_full(&self.limits)) {
@@ -293,6 +314,7 @@ impl Tailer {
             if eof
                 && pending.is_empty()
                 && in_flight.is_none()
+                && sealed.is_none()
                 && self.rotated_and_quiet(&mut gone_since, quiet_since)
             {
                 break TailEnd::RotatedAway;
@@ -327,13 +349,20 @@ impl Tailer {
                 self.acked(end, size);
             }
         }
-        // Lines read before a truncation exist nowhere else any more: send them now.
-        if end == TailEnd::Truncated && delivered && !pending.is_empty() {
-            in_flight = self.send(&mut pending).await;
-            if in_flight.is_some()
-                && let (Ok(()), batch_end) = wait_ack(&mut in_flight).await
-            {
-                self.acked(batch_end, size);
+        // Lines read before a truncation exist nowhere else any more: send them now, in
+        // order.
+        if end == TailEnd::Truncated && delivered {
+            let last = if pending.is_empty() {
+                None
+            } else {
+                Some(self.seal(&mut pending).await)
+            };
+            for next in [sealed.take(), last].into_iter().flatten() {
+                in_flight = self.send(next).await;
+                match wait_ack(&mut in_flight).await {
+                    (Ok(()), batch_end) if in_flight.is_some() => self.acked(batch_end, size),
+                    _ => break,
+                }
             }
         }
         if end == TailEnd::RotatedAway {
@@ -342,12 +371,30 @@ impl Tailer {
         Ok(end)
     }
 
-    /// Hands the pending lines to the shipper; `None` if it has stopped.
-    async fn send(&self, pending: &mut Pending) -> Option<InFlight> {
+    /// Takes the pending lines as a batch and encodes its request body.
+    async fn seal(&self, pending: &mut Pending) -> Sealed {
         let batch = pending.take(&self.stream, &self.source);
-        let end = batch.end();
+        let (level, data) = (self.gzip_level, batch.clone());
+        // A failed encoding task (a panic) leaves the raw lines, sent uncompressed.
+        let body = tokio::task::spawn_blocking(move || data.encode(level))
+            .await
+            .ok();
+        let gzip = body.is_some() && level > 0;
+        let body = body.unwrap_or_else(|| batch.data.clone());
+        Sealed { batch, body, gzip }
+    }
+
+    /// Hands a sealed batch to the shipper; `None` if it has stopped.
+    async fn send(&self, sealed: Sealed) -> Option<InFlight> {
+        let end = sealed.batch.end();
         let (ack, answer) = oneshot::channel();
-        self.ship.send(ShipRequest { batch, ack }).await.ok()?;
+        let request = ShipRequest {
+            batch: sealed.batch,
+            body: sealed.body,
+            gzip: sealed.gzip,
+            ack,
+        };
+        self.ship.send(request).await.ok()?;
         Some((answer, end))
     }
 
