@@ -167,11 +167,8 @@ fn tmp_path(dir: &Path) -> PathBuf {
 /// I/O errors other than "not found".
 pub fn load(dir: &Path, clock: &dyn Clock) -> Result<Checkpoints, CheckpointError> {
     let main = dir.join(FILE);
-    let tmp = tmp_path(dir);
-    if let Ok(bytes) = std::fs::read(&tmp)
-        && let Ok(files) = decode(&tmp, &bytes)
-    {
-        warn!(path = %tmp.display(), "Using checkpoint temp file left by an interrupted write.");
+    if let Some(files) = read_tmp(dir) {
+        warn!(path = %tmp_path(dir).display(), "Using checkpoint temp file left by an interrupted write.");
         return Ok(Checkpoints { files, dirty: true });
     }
     let bytes = match std::fs::read(&main) {
@@ -198,6 +195,38 @@ pub fn load(dir: &Path, clock: &dyn Clock) -> Result<Checkpoints, CheckpointErro
                 .increment(1);
             Ok(Checkpoints::default())
         }
+    }
+}
+
+/// A complete, valid temp file left by an interrupted write, if any.
+fn read_tmp(dir: &Path) -> Option<BTreeMap<String, Entry>> {
+    let tmp = tmp_path(dir);
+    decode(&tmp, &std::fs::read(&tmp).ok()?).ok()
+}
+
+/// Reads the checkpoints without changing anything on disk (for `status`).
+///
+/// # Errors
+/// An unreadable or damaged file.
+pub fn read_only(dir: &Path) -> Result<Checkpoints, CheckpointError> {
+    if let Some(files) = read_tmp(dir) {
+        return Ok(Checkpoints {
+            files,
+            dirty: false,
+        });
+    }
+    let main = dir.join(FILE);
+    match std::fs::read(&main) {
+        Ok(bytes) => Ok(Checkpoints {
+            files: decode(&main, &bytes)?,
+            dirty: false,
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Checkpoints::default()),
+        Err(source) => Err(CheckpointError::Io {
+            action: "reading",
+            path: main,
+            source,
+        }),
     }
 }
 

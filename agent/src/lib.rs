@@ -18,6 +18,7 @@ pub mod config;
 pub mod discover;
 pub mod metrics;
 pub mod ship;
+pub mod status;
 pub mod tail;
 
 use std::sync::{Arc, Mutex};

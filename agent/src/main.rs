@@ -38,6 +38,8 @@ enum Command {
     Run,
     /// Validate the configuration, print the effective config, and exit.
     CheckConfig,
+    /// Print, per followed file, the acknowledged offset, size, lag and last ack time.
+    Status,
 }
 
 fn main() -> ExitCode {
@@ -58,6 +60,16 @@ fn main() -> ExitCode {
             }
             Err(error) => {
                 eprintln!("tollstream-agent: printing the effective configuration: {error}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Status => match tollstream_agent::status::report(&config) {
+            Ok(text) => {
+                print!("{text}");
+                ExitCode::SUCCESS
+            }
+            Err(error) => {
+                eprintln!("tollstream-agent: {error:#}");
                 ExitCode::FAILURE
             }
         },

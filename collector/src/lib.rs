@@ -19,6 +19,7 @@ mod fsutil;
 pub mod ingest;
 pub mod metrics;
 pub mod schema;
+pub mod status;
 pub mod wal;
 pub mod warehouse;
 

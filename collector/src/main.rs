@@ -40,6 +40,8 @@ enum Command {
     Run,
     /// Validate the configuration, print the effective config, and exit.
     CheckConfig,
+    /// Print, per stream, the WAL, archive and warehouse positions and the freshness.
+    Status,
 }
 
 fn main() -> ExitCode {
@@ -56,6 +58,16 @@ fn main() -> ExitCode {
         Command::CheckConfig => match yaml_like(&config) {
             Ok(text) => {
                 println!("{text}");
+                ExitCode::SUCCESS
+            }
+            Err(error) => {
+                eprintln!("tollstream-collector: {error:#}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Status => match tollstream_collector::status::report(&config, &SystemClock) {
+            Ok(text) => {
+                print!("{text}");
                 ExitCode::SUCCESS
             }
             Err(error) => {

@@ -78,6 +78,14 @@ pub struct SourceLine<'a> {
 }
 
 impl LoadJob<'_> {
+    /// Receive time of the newest record, as the warehouse stores times.
+    pub fn newest_received_at(&self) -> Option<String> {
+        let newest = self.index.iter().map(|e| e.received_at_us).max()?;
+        Timestamp::from_microsecond(newest)
+            .ok()
+            .map(crate::schema::format_timestamp)
+    }
+
     /// Calls `visit` for every line in order.
     pub fn for_each_line<E>(
         &self,

@@ -30,6 +30,8 @@ CREATE TABLE IF NOT EXISTS loads (
     duplicates  INTEGER NOT NULL DEFAULT 0,
     rejected    INTEGER NOT NULL DEFAULT 0,
     loaded_at   TEXT    NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')),
+    -- Receive time of the newest record in the object: what freshness is measured from.
+    newest_received_at TEXT,
     UNIQUE (stream, first_seq)
 );
 CREATE TABLE IF NOT EXISTS rejected_records (
@@ -153,12 +155,13 @@ impl Warehouse for SqliteWarehouse {
             });
         }
         tx.execute(
-            "INSERT INTO loads (stream, object, first_seq, last_seq) VALUES (?1, ?2, ?3, ?4)",
+            "INSERT INTO loads (stream, object, first_seq, last_seq, newest_received_at) VALUES (?1, ?2, ?3, ?4, ?5)",
             params![
                 job.stream,
                 job.object,
                 job.first_seq as i64,
-                job.last_seq as i64
+                job.last_seq as i64,
+                job.newest_received_at()
             ],
         )
         .map_err(sql("write manifest"))?;

@@ -114,3 +114,54 @@ fn append(path: &std::path::Path, lines: &[String]) -> anyhow::Result<()> {
     file.write_all(lines.concat().as_bytes())?;
     Ok(())
 }
+
+#[test]
+fn status_commands_report_where_each_file_and_stage_stands() -> anyhow::Result<()> {
+    let mut pipeline = Pipeline::start()?;
+    let mut writer = pipeline.writer(3_000, 3)?;
+    writer.write_all()?;
+    let written = writer.into_summary();
+    pipeline.wait_loaded(written.valid_lines, 3)?;
+    let run = |bin: &str, config: &str| -> anyhow::Result<String> {
+        let output = std::process::Command::new(tollstream_tests::harness::binary(bin)?)
+            .args(["status", "--config"])
+            .arg(pipeline.dir.path().join(config))
+            .output()?;
+        anyhow::ensure!(
+            output.status.success(),
+            "{bin} status failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+    };
+    // The checkpoint is written every second: wait until it shows everything acknowledged.
+    let mut agent_status = String::new();
+    wait_for(
+        "agent status to show nothing left to acknowledge",
+        Duration::from_secs(30),
+        || {
+            agent_status = run("tollstream-agent", "agent.yaml").unwrap_or_default();
+            agent_status.contains("3 files, 0 bytes not yet acknowledged")
+        },
+    )
+    .map_err(|e| e.context(agent_status.clone()))?;
+    assert_eq!(agent_status.matches("booths-").count(), 3, "{agent_status}");
+    let collector_status = run("tollstream-collector", "collector.yaml")?;
+    assert!(
+        collector_status.contains(&format!(
+            "{} rows, 3 rejected, 0 duplicate keys",
+            written.valid_lines
+        )),
+        "{collector_status}"
+    );
+    assert!(
+        collector_status.contains("(0 behind the WAL)"),
+        "{collector_status}"
+    );
+    assert!(
+        collector_status.contains("freshness  newest loaded record received"),
+        "{collector_status}"
+    );
+    pipeline.stop()?;
+    Ok(())
+}
