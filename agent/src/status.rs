@@ -31,14 +31,19 @@ pub fn report(config: &Config) -> anyhow::Result<String> {
     );
     let mut total_lag = 0u64;
     for (key, entry) in checkpoints.entries() {
-        // The key starts with the inode (hex): the path may now name another file.
-        let inode = key
-            .split('-')
-            .next()
-            .and_then(|h| u64::from_str_radix(h, 16).ok());
-        let current = std::fs::metadata(&entry.path)
-            .ok()
-            .filter(|m| Some(m.ino()) == inode);
+        // The key is `<inode hex>-<first-line CRC hex>-<generation>`: the path may now name
+        // another file, or this file may since have been truncated (a later generation then
+        // holds the live offset).
+        let mut parts = key.split('-');
+        let inode = parts.next().and_then(|h| u64::from_str_radix(h, 16).ok());
+        let crc = parts.next().and_then(|h| u32::from_str_radix(h, 16).ok());
+        let base = key.rsplit_once('-').map_or("", |(base, _)| base);
+        let superseded = checkpoints
+            .get(&format!("{base}-{}", entry.generation + 1))
+            .is_some();
+        let current = std::fs::metadata(&entry.path).ok().filter(|m| {
+            !superseded && Some(m.ino()) == inode && first_line_crc(&entry.path) == crc
+        });
         let (size, lag) = match current {
             Some(meta) => {
                 let lag = meta.len().saturating_sub(entry.offset);
@@ -64,4 +69,12 @@ pub fn report(config: &Config) -> anyhow::Result<String> {
         checkpoints.entries().count()
     );
     Ok(out)
+}
+
+fn first_line_crc(path: &std::path::Path) -> Option<u32> {
+    let file = std::fs::File::open(path).ok()?;
+    crate::tail::fingerprint(&file)
+        .ok()
+        .flatten()
+        .map(|fp| fp.crc)
 }

@@ -358,10 +358,13 @@ impl Tailer {
                 Some(self.seal(&mut pending).await)
             };
             for next in [sealed.take(), last].into_iter().flatten() {
-                in_flight = self.send(next).await;
+                let Some(sent) = self.send(next).await else {
+                    break;
+                };
+                in_flight = Some(sent);
                 match wait_ack(&mut in_flight).await {
-                    (Ok(()), batch_end) if in_flight.is_some() => self.acked(batch_end, size),
-                    _ => break,
+                    (Ok(()), batch_end) => self.acked(batch_end, size),
+                    (Err(_), _) => break,
                 }
             }
         }

@@ -65,8 +65,25 @@ impl SqliteWarehouse {
             .map_err(sql("set busy_timeout"))?;
         conn.execute_batch(MANIFEST)
             .map_err(sql("create manifest tables"))?;
+        upgrade_manifest(&conn)?;
         Ok(Self { conn })
     }
+}
+
+/// Adds manifest columns that databases made by earlier versions lack.
+fn upgrade_manifest(conn: &Connection) -> Result<(), WarehouseError> {
+    let has_column: bool = conn
+        .query_row(
+            "SELECT COUNT(*) > 0 FROM pragma_table_info('loads') WHERE name = 'newest_received_at'",
+            [],
+            |r| r.get(0),
+        )
+        .map_err(sql("read manifest schema"))?;
+    if !has_column {
+        conn.execute_batch("ALTER TABLE loads ADD COLUMN newest_received_at TEXT;")
+            .map_err(sql("upgrade manifest"))?;
+    }
+    Ok(())
 }
 
 fn sql_type(ty: &ColumnType) -> &'static str {
@@ -239,5 +256,32 @@ fn bind(
         Value::Text(text) => stmt.raw_bind_parameter(index, text.as_str()),
         Value::Integer(n) => stmt.raw_bind_parameter(index, *n),
         Value::Timestamp(ts) => stmt.raw_bind_parameter(index, format_timestamp(*ts)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_manifest_from_an_earlier_version_is_upgraded_on_open() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("w.db");
+        let old = Connection::open(&path).expect("open");
+        old.execute_batch(
+            "CREATE TABLE loads (load_id INTEGER PRIMARY KEY, stream TEXT NOT NULL, object TEXT NOT NULL, \
+             first_seq INTEGER NOT NULL, last_seq INTEGER NOT NULL, inserted INTEGER NOT NULL DEFAULT 0, \
+             duplicates INTEGER NOT NULL DEFAULT 0, rejected INTEGER NOT NULL DEFAULT 0, \
+             loaded_at TEXT NOT NULL DEFAULT 'x', UNIQUE (stream, first_seq));",
+        )
+        .expect("old schema");
+        drop(old);
+        let warehouse = SqliteWarehouse::open(&path).expect("opens and upgrades");
+        warehouse
+            .conn
+            .execute("INSERT INTO loads (stream, object, first_seq, last_seq, newest_received_at) VALUES ('s', 'o', 1, 1, 't')", [])
+            .expect("new column usable");
+        drop(warehouse);
+        SqliteWarehouse::open(&path).expect("opening again is a no-op");
     }
 }
