@@ -21,6 +21,9 @@ pub struct Batch {
     pub source: String,
     /// Offset of the first byte in the file.
     pub start: u64,
+    /// Offset just past the last line in the file: `start + data.len()`, except for a
+    /// batch of one line cut to `max_line_bytes`, which stands for more bytes than it holds.
+    pub end: u64,
     /// Number of lines.
     pub records: usize,
     /// The lines, each ending in `\n`.
@@ -30,7 +33,30 @@ pub struct Batch {
 impl Batch {
     /// Offset just past the last byte.
     pub fn end(&self) -> u64 {
-        self.start + self.data.len() as u64
+        self.end
+    }
+
+    /// Splits the batch into two of about half its lines each (`None` for a single line):
+    /// what a collector's 413 asks for.
+    pub fn split(&self) -> Option<(Batch, Batch)> {
+        if self.records < 2 || self.end != self.start + self.data.len() as u64 {
+            return None;
+        }
+        let half = self.records / 2;
+        let cut = memchr::memchr_iter(b'\n', &self.data).nth(half - 1)? + 1;
+        let first = Batch {
+            end: self.start + cut as u64,
+            records: half,
+            data: self.data.slice(..cut),
+            ..self.clone()
+        };
+        let second = Batch {
+            start: first.end,
+            records: self.records - half,
+            data: self.data.slice(cut..),
+            ..self.clone()
+        };
+        Some((first, second))
     }
 
     /// The request body: gzip at `level`, or the raw lines at level 0.
@@ -52,9 +78,12 @@ impl Batch {
 #[derive(Debug)]
 pub struct Pending {
     start: u64,
+    end: u64,
     data: BytesMut,
     records: usize,
     since: Option<Instant>,
+    /// Holds a cut long line, which travels alone.
+    closed: bool,
 }
 
 impl Pending {
@@ -62,15 +91,17 @@ impl Pending {
     pub fn new(start: u64) -> Self {
         Self {
             start,
+            end: start,
             data: BytesMut::new(),
             records: 0,
             since: None,
+            closed: false,
         }
     }
 
     /// File offset where the next chunk must begin.
     pub fn next_offset(&self) -> u64 {
-        self.start + self.data.len() as u64
+        self.end
     }
 
     /// Whether nothing is pending.
@@ -89,7 +120,7 @@ impl Pending {
     /// Whether a count or size limit is reached.
     pub fn is_full(&self, limits: &BatchConfig) -> bool {
         let (lines, bytes) = self.room(limits);
-        lines == 0 || bytes == 0
+        self.closed || lines == 0 || bytes == 0
     }
 
     /// When the age limit makes the batch due, if anything is pending.
@@ -103,14 +134,23 @@ impl Pending {
             && (self.is_full(limits) || self.deadline(limits).is_some_and(|d| now >= d))
     }
 
-    /// Appends whole lines that follow directly after what is pending.
-    pub fn push(&mut self, lines: &[u8], records: usize, now: Instant) {
+    /// Appends whole lines that follow directly after what is pending and end at file
+    /// offset `end`.
+    pub fn push(&mut self, lines: &[u8], records: usize, end: u64, now: Instant) {
         if records == 0 {
             return;
         }
         self.since.get_or_insert(now);
         self.data.extend_from_slice(lines);
         self.records += records;
+        self.end = end;
+    }
+
+    /// Adds one line cut to `max_line_bytes` that stands for the file bytes up to `end`;
+    /// nothing more joins it.
+    pub fn push_cut(&mut self, line: &[u8], end: u64, now: Instant) {
+        self.push(line, 1, end, now);
+        self.closed = true;
     }
 
     /// Takes the pending lines as a batch; the next batch starts where this one ends.
@@ -120,12 +160,14 @@ impl Pending {
             stream: stream.to_owned(),
             source: source.to_owned(),
             start: self.start,
+            end: self.end,
             records: self.records,
             data,
         };
-        self.start = batch.end();
+        self.start = self.end;
         self.records = 0;
         self.since = None;
+        self.closed = false;
         batch
     }
 }
@@ -172,13 +214,13 @@ mod tests {
         let mut pending = Pending::new(100);
         let now = Instant::now();
         assert!(!pending.is_due(&limits(), now));
-        pending.push(b"a\nb\n", 2, now);
+        pending.push(b"a\nb\n", 2, 104, now);
         assert!(!pending.is_due(&limits(), now));
         assert!(
             pending.is_due(&limits(), now + Duration::from_secs(1)),
             "old enough"
         );
-        pending.push(b"c\n", 1, now);
+        pending.push(b"c\n", 1, 106, now);
         assert!(pending.is_due(&limits(), now), "three lines fill it");
         let batch = pending.take("s", "src");
         assert_eq!((batch.start, batch.end(), batch.records), (100, 106, 3));
@@ -193,6 +235,7 @@ mod tests {
             stream: "s".into(),
             source: "x".into(),
             start: 0,
+            end: 8,
             records: 2,
             data: Bytes::from_static(b"a,b\nc,d\n"),
         };
@@ -202,5 +245,23 @@ mod tests {
             .expect("gzip");
         assert_eq!(out, b"a,b\nc,d\n");
         assert_eq!(&batch.encode(0)[..], b"a,b\nc,d\n");
+    }
+
+    #[test]
+    fn a_batch_splits_into_two_contiguous_halves_at_a_line() {
+        let batch = Batch {
+            stream: "s".into(),
+            source: "x".into(),
+            start: 10,
+            end: 20,
+            records: 3,
+            data: Bytes::from_static(b"a,b\nc\nd,e\n"),
+        };
+        let (first, second) = batch.split().expect("splits");
+        assert_eq!((first.start, first.end, first.records), (10, 14, 1));
+        assert_eq!(&first.data[..], b"a,b\n");
+        assert_eq!((second.start, second.end, second.records), (14, 20, 2));
+        assert_eq!(&second.data[..], b"c\nd,e\n");
+        assert!(first.split().is_none(), "one line cannot split");
     }
 }

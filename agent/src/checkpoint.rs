@@ -4,9 +4,12 @@
 //! rewritten every `checkpoint_interval` while something changed, and once more at
 //! shutdown after the last ack.
 //!
-//! Format (version 1): `{"version":1,"crc":<CRC-32 of the JSON text of "files">,"files":[..]}`.
-//! Entries are keyed by file identity (inode + first-line fingerprint + generation), not
-//! by path, so a renamed file keeps its offset.
+//! Format (version 2): `{"version":2,"crc":<CRC-32 of the JSON text of "files">,"files":{..}}`.
+//! Entries are keyed by source (the name the collector knows the file's content by), not
+//! by path, so a renamed file keeps its offset. Each entry records which file holds the
+//! source now (device, inode, birth time, first-line fingerprint) and a CRC of the bytes
+//! just before the acknowledged offset, checked when reading resumes. Version 1 files
+//! (no file fields) are read and upgraded: their identity is taken from the key.
 //!
 //! Durability: temp file, fsync, rename, directory fsync. At start a complete, valid temp
 //! file (a crash after its fsync but before the rename) wins over the main file. A damaged
@@ -29,9 +32,9 @@ use tracing::{error, warn};
 use crate::clock::Clock;
 
 const FILE: &str = "checkpoints.json";
-const VERSION: u32 = 1;
+const VERSION: u32 = 2;
 
-/// The acknowledged state of one file.
+/// The acknowledged state of one source: a file's content, wherever it lives now.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Entry {
     /// Last path it was seen under.
@@ -45,6 +48,39 @@ pub struct Entry {
     pub generation: u32,
     /// Last acknowledgement, RFC 3339.
     pub acked_at: Option<String>,
+    /// The file that holds this source now.
+    #[serde(default)]
+    pub file: FileIdentity,
+    /// CRC-32 of the `tail_len` bytes just before `offset`.
+    #[serde(default)]
+    pub tail_crc: u32,
+    /// How many bytes `tail_crc` covers (0: nothing to check).
+    #[serde(default)]
+    pub tail_len: u32,
+    /// Set for a file found to be a copy of another source's file (e.g. by
+    /// `copytruncate`): that source's key. The copy is not read while that source's own
+    /// file still holds the content; afterwards it continues the source.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub copy_of: Option<String>,
+    /// When a tailer last followed this source, RFC 3339; state is pruned once this is
+    /// older than `checkpoint_retention`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seen_at: Option<String>,
+}
+
+/// Which file holds a source: device, inode, birth time and first line.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileIdentity {
+    /// Device number.
+    pub dev: u64,
+    /// Inode number.
+    pub ino: u64,
+    /// Birth time in nanoseconds since the epoch, 0 where the file system has none.
+    pub btime: u64,
+    /// CRC-32 of the first line (up to 64 KiB).
+    pub head_crc: u32,
+    /// Length of the first line; 0 when upgraded from version 1 (CRC only).
+    pub head_len: u32,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -59,6 +95,21 @@ struct OnDisk {
 pub struct Checkpoints {
     files: BTreeMap<String, Entry>,
     dirty: bool,
+    /// The file on disk was damaged and set aside at load.
+    damaged: bool,
+}
+
+/// What an acknowledgement moves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ack {
+    /// The new acknowledged offset.
+    pub offset: u64,
+    /// File size when the batch was read.
+    pub size: u64,
+    /// CRC-32 of the bytes just before `offset`.
+    pub tail_crc: u32,
+    /// How many bytes that covers.
+    pub tail_len: u32,
 }
 
 /// Shared handle.
@@ -89,6 +140,11 @@ pub enum CheckpointError {
 }
 
 impl Checkpoints {
+    /// Whether the checkpoint file was found damaged (and set aside) at load.
+    pub fn was_damaged(&self) -> bool {
+        self.damaged
+    }
+
     /// The entry of a file identity.
     pub fn get(&self, key: &str) -> Option<&Entry> {
         self.files.get(key)
@@ -100,14 +156,61 @@ impl Checkpoints {
         self.dirty = true;
     }
 
-    /// Updates the offset and size after an ack (offsets never move backwards).
-    pub fn acked(&mut self, key: &str, offset: u64, size: u64, at: &str) {
+    /// Updates the offset, the check of the bytes before it and the size after an ack
+    /// (offsets never move backwards).
+    pub fn acked(&mut self, key: &str, ack: Ack, at: &str) {
         if let Some(entry) = self.files.get_mut(key) {
-            entry.offset = entry.offset.max(offset);
-            entry.size = size;
+            if ack.offset >= entry.offset {
+                entry.offset = ack.offset;
+                entry.tail_crc = ack.tail_crc;
+                entry.tail_len = ack.tail_len;
+            }
+            entry.size = ack.size;
             entry.acked_at = Some(at.to_owned());
+            entry.seen_at = Some(at.to_owned());
             self.dirty = true;
         }
+    }
+
+    /// Mutable access to an entry; marks the state changed.
+    pub fn get_mut(&mut self, key: &str) -> Option<&mut Entry> {
+        self.dirty = true;
+        self.files.get_mut(key)
+    }
+
+    /// Removes an entry.
+    pub fn remove(&mut self, key: &str) -> Option<Entry> {
+        self.dirty = true;
+        self.files.remove(key)
+    }
+
+    /// `base-N` for the smallest N not yet used.
+    pub fn free_key(&self, base: &str) -> (String, u32) {
+        (0u32..)
+            .map(|g| (format!("{base}-{g}"), g))
+            .find(|(key, _)| !self.files.contains_key(key))
+            .unwrap_or_else(|| (format!("{base}-0"), 0))
+    }
+
+    /// Drops entries not followed since `before` (RFC 3339, compared as timestamps) whose
+    /// key `keep` does not claim; returns how many.
+    pub fn prune(&mut self, before: jiff::Timestamp, keep: impl Fn(&str) -> bool) -> usize {
+        let old = |entry: &Entry| {
+            let last = entry.seen_at.as_deref().or(entry.acked_at.as_deref());
+            last.and_then(|t| t.parse::<jiff::Timestamp>().ok())
+                .is_some_and(|t| t < before)
+        };
+        let gone: Vec<String> = self
+            .files
+            .iter()
+            .filter(|(key, entry)| !keep(key) && old(entry))
+            .map(|(key, _)| key.clone())
+            .collect();
+        for key in &gone {
+            self.files.remove(key);
+        }
+        self.dirty |= !gone.is_empty();
+        gone.len()
     }
 
     /// Every entry, for `status`.
@@ -143,17 +246,66 @@ fn decode(path: &Path, bytes: &[u8]) -> Result<BTreeMap<String, Entry>, Checkpoi
     };
     let on_disk: OnDisk = serde_json::from_slice(bytes)
         .map_err(|e| corrupt(format!("not a valid checkpoint file: {e}")))?;
-    if on_disk.version != VERSION {
+    if !(1..=VERSION).contains(&on_disk.version) {
         return Err(corrupt(format!(
-            "unsupported version {} (this agent reads {VERSION})",
+            "unsupported version {} (this agent reads 1 to {VERSION})",
             on_disk.version
         )));
     }
     let body = serde_json::to_vec(&on_disk.files).unwrap_or_default();
-    if crc32fast::hash(&body) != on_disk.crc {
+    // Version 1 checksummed the entries without the fields added since, which serialise
+    // as defaults when read back.
+    let v1_body = (on_disk.version == 1).then(|| v1_json(&on_disk.files));
+    if crc32fast::hash(&body) != on_disk.crc
+        && v1_body.is_none_or(|b| crc32fast::hash(&b) != on_disk.crc)
+    {
         return Err(corrupt("checksum mismatch: the file was damaged".into()));
     }
-    Ok(on_disk.files)
+    let mut files = on_disk.files;
+    if on_disk.version == 1 {
+        for (key, entry) in &mut files {
+            entry.file = identity_from_v1_key(key);
+        }
+    }
+    Ok(files)
+}
+
+/// The JSON text version 1 checksummed: entries with only its five fields.
+fn v1_json(files: &BTreeMap<String, Entry>) -> Vec<u8> {
+    #[derive(Serialize)]
+    struct V1<'a> {
+        path: &'a Path,
+        offset: u64,
+        size: u64,
+        generation: u32,
+        acked_at: &'a Option<String>,
+    }
+    let v1: BTreeMap<&String, V1> = files
+        .iter()
+        .map(|(k, e)| {
+            let entry = V1 {
+                path: &e.path,
+                offset: e.offset,
+                size: e.size,
+                generation: e.generation,
+                acked_at: &e.acked_at,
+            };
+            (k, entry)
+        })
+        .collect();
+    serde_json::to_vec(&v1).unwrap_or_default()
+}
+
+/// Version 1 keys were `<inode hex>-<first-line CRC hex>-<generation>`.
+fn identity_from_v1_key(key: &str) -> FileIdentity {
+    let mut parts = key.split('-');
+    let ino = parts.next().and_then(|h| u64::from_str_radix(h, 16).ok());
+    let crc = parts.next().and_then(|h| u32::from_str_radix(h, 16).ok());
+    FileIdentity {
+        ino: ino.unwrap_or(0),
+        head_crc: crc.unwrap_or(0),
+        ..FileIdentity::default()
+    }
 }
 
 fn tmp_path(dir: &Path) -> PathBuf {
@@ -169,7 +321,11 @@ pub fn load(dir: &Path, clock: &dyn Clock) -> Result<Checkpoints, CheckpointErro
     let main = dir.join(FILE);
     if let Some(files) = read_tmp(dir) {
         warn!(path = %tmp_path(dir).display(), "Using checkpoint temp file left by an interrupted write.");
-        return Ok(Checkpoints { files, dirty: true });
+        return Ok(Checkpoints {
+            files,
+            dirty: true,
+            damaged: false,
+        });
     }
     let bytes = match std::fs::read(&main) {
         Ok(bytes) => bytes,
@@ -185,15 +341,18 @@ pub fn load(dir: &Path, clock: &dyn Clock) -> Result<Checkpoints, CheckpointErro
     match decode(&main, &bytes) {
         Ok(files) => Ok(Checkpoints {
             files,
-            dirty: false,
+            ..Checkpoints::default()
         }),
         Err(problem) => {
             let aside = dir.join(format!("{FILE}.corrupt-{}", clock.now().as_second()));
             let _ = std::fs::rename(&main, &aside);
-            error!(%problem, moved_to = %aside.display(), "Checkpoint file is damaged; starting without it. Files are read again per start_at; the collector drops what it already has.");
+            error!(%problem, moved_to = %aside.display(), "Checkpoint file is damaged; starting without it. Every file is read again from the start (start_at: end is not applied, so nothing unsent is skipped); the collector drops what it already has.");
             metrics::counter!("tollstream_agent_checkpoint_errors_total", "reason" => "corrupt")
                 .increment(1);
-            Ok(Checkpoints::default())
+            Ok(Checkpoints {
+                damaged: true,
+                ..Checkpoints::default()
+            })
         }
     }
 }
@@ -212,14 +371,14 @@ pub fn read_only(dir: &Path) -> Result<Checkpoints, CheckpointError> {
     if let Some(files) = read_tmp(dir) {
         return Ok(Checkpoints {
             files,
-            dirty: false,
+            ..Checkpoints::default()
         });
     }
     let main = dir.join(FILE);
     match std::fs::read(&main) {
         Ok(bytes) => Ok(Checkpoints {
             files: decode(&main, &bytes)?,
-            dirty: false,
+            ..Checkpoints::default()
         }),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Checkpoints::default()),
         Err(source) => Err(CheckpointError::Io {
@@ -309,6 +468,11 @@ mod tests {
             size: offset,
             generation: 0,
             acked_at: None,
+            file: FileIdentity::default(),
+            tail_crc: 0,
+            tail_len: 0,
+            copy_of: None,
+            seen_at: None,
         }
     }
 
@@ -333,6 +497,7 @@ mod tests {
         std::fs::write(dir.path().join(FILE), &bytes).expect("write");
         let loaded = load(dir.path(), &SystemClock).expect("loads");
         assert!(loaded.get("k").is_none());
+        assert!(loaded.was_damaged());
         let names: Vec<String> = std::fs::read_dir(dir.path())
             .expect("ls")
             .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
@@ -379,7 +544,44 @@ mod tests {
     fn offsets_never_move_backwards() {
         let mut checkpoints = Checkpoints::default();
         checkpoints.set("k", entry(10));
-        checkpoints.acked("k", 5, 50, "t");
+        let ack = Ack {
+            offset: 5,
+            size: 50,
+            tail_crc: 1,
+            tail_len: 1,
+        };
+        checkpoints.acked("k", ack, "t");
         assert_eq!(checkpoints.get("k").map(|e| e.offset), Some(10));
+    }
+
+    #[test]
+    fn version_1_files_are_read_and_take_their_identity_from_the_key() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let files = r#"{"1a-000000ff-0":{"path":"/l/a.log","offset":7,"size":9,"generation":0,"acked_at":null}}"#;
+        let crc = crc32fast::hash(files.as_bytes());
+        let text = format!(r#"{{"version":1,"crc":{crc},"files":{files}}}"#);
+        std::fs::write(dir.path().join(FILE), text).expect("write");
+        let loaded = load(dir.path(), &SystemClock).expect("loads");
+        let entry = loaded.get("1a-000000ff-0").expect("entry kept");
+        assert_eq!(
+            (entry.offset, entry.file.ino, entry.file.head_crc),
+            (7, 0x1a, 0xff)
+        );
+    }
+
+    #[test]
+    fn state_of_files_gone_longer_than_the_retention_is_pruned() {
+        let mut checkpoints = Checkpoints::default();
+        let mut old = entry(1);
+        old.seen_at = Some("2026-01-01T00:00:00Z".into());
+        let mut recent = entry(2);
+        recent.seen_at = Some("2026-06-01T00:00:00Z".into());
+        checkpoints.set("old", old.clone());
+        checkpoints.set("recent", recent);
+        checkpoints.set("old-but-followed", old);
+        let cutoff: jiff::Timestamp = "2026-03-01T00:00:00Z".parse().expect("ts");
+        assert_eq!(checkpoints.prune(cutoff, |k| k == "old-but-followed"), 1);
+        assert!(checkpoints.get("old").is_none());
+        assert!(checkpoints.get("recent").is_some());
     }
 }

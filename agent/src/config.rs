@@ -74,6 +74,10 @@ pub struct Config {
     /// How long SIGTERM waits for batches in flight to be acknowledged.
     #[serde(default = "default_shutdown_grace", with = "duration")]
     pub shutdown_grace: Duration,
+    /// How long the state of a file no longer followed (rotated out of the globs,
+    /// deleted) is kept; should its content turn up again later, it is recognised.
+    #[serde(default = "default_checkpoint_retention", with = "duration")]
+    pub checkpoint_retention: Duration,
     /// What to watch and where it goes.
     pub flows: Vec<FlowConfig>,
 }
@@ -111,6 +115,20 @@ pub struct FlowConfig {
     /// Where to start in files that exist at start-up and were never seen before.
     #[serde(default)]
     pub start_at: StartAt,
+    /// Files never seen before and not modified for this long are not followed (until
+    /// they are modified again); none follows every file.
+    #[serde(
+        default,
+        with = "opt_duration",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub ignore_older: Option<Duration>,
+    /// A longer line is sent cut to this many bytes, with a marker saying how long it was.
+    #[serde(default = "default_max_line_bytes", with = "size")]
+    pub max_line_bytes: u64,
+    /// Lines at the start of every new file that are not data (a CSV header): never sent.
+    #[serde(default)]
+    pub skip_header_lines: usize,
     /// When a batch is cut.
     #[serde(default)]
     pub batch: BatchConfig,
@@ -169,6 +187,12 @@ fn default_rotate_wait() -> Duration {
 }
 fn default_shutdown_grace() -> Duration {
     Duration::from_secs(10)
+}
+fn default_checkpoint_retention() -> Duration {
+    Duration::from_secs(7 * 24 * 3600)
+}
+fn default_max_line_bytes() -> u64 {
+    1 << 20
 }
 fn default_request_timeout() -> Duration {
     Duration::from_secs(30)
@@ -301,6 +325,11 @@ impl Config {
                     invalid(format!("flows[{i}]: {pattern:?} is not a valid glob: {e}"))
                 })?;
             }
+            if !(64..=(64 << 20)).contains(&flow.max_line_bytes) {
+                return Err(invalid(format!(
+                    "flows[{i}].max_line_bytes must be between 64B and 64MiB"
+                )));
+            }
             if flow.batch.max_records == 0 || flow.batch.max_bytes == 0 {
                 return Err(invalid(format!(
                     "flows[{i}].batch.max_records and max_bytes must be > 0"
@@ -346,6 +375,22 @@ mod duration {
 
     pub fn serialize<S: Serializer>(value: &Duration, ser: S) -> Result<S::Ok, S::Error> {
         ser.serialize_str(&humantime::format_duration(*value).to_string())
+    }
+}
+
+/// An optional `humantime` duration.
+mod opt_duration {
+    use super::*;
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(de: D) -> Result<Option<Duration>, D::Error> {
+        super::duration::deserialize(de).map(Some)
+    }
+
+    pub fn serialize<S: Serializer>(value: &Option<Duration>, ser: S) -> Result<S::Ok, S::Error> {
+        match value {
+            Some(value) => super::duration::serialize(value, ser),
+            None => ser.serialize_none(),
+        }
     }
 }
 

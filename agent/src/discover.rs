@@ -19,11 +19,16 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::checkpoint::{Entry, SharedCheckpoints};
+use std::os::unix::fs::FileExt;
+
+use crate::checkpoint::{Checkpoints, Entry, FileIdentity, SharedCheckpoints};
 use crate::clock::Clock;
 use crate::config::{Config, FlowConfig, StartAt};
 use crate::ship::ShipRequest;
-use crate::tail::{FileId, Fingerprint, TailEnd, Tailer, end_of_last_line, fingerprint};
+use crate::tail::{
+    FileId, Fingerprint, TailEnd, Tailer, bytes_before_match, fingerprint, same_bytes_before,
+    tail_check,
+};
 
 /// Capacity of the event queue from the watcher thread; overflow is dropped (see above).
 const EVENT_QUEUE: usize = 4096;
@@ -35,7 +40,14 @@ pub struct Discoverer {
     ship: mpsc::Sender<ShipRequest>,
     clock: Arc<dyn Clock>,
     shutdown: CancellationToken,
-    active: HashMap<FileId, PathBuf>,
+    /// Followed files: path and source key.
+    active: HashMap<FileId, (PathBuf, String)>,
+    /// The file each followed source is read from.
+    followed_keys: HashMap<String, FileId>,
+    /// Files held back as copies of a followed source (its key).
+    copies: HashMap<FileId, String>,
+    /// Files skipped by `ignore_older` (logged once).
+    ignored: std::collections::HashSet<FileId>,
     /// Each flow's compiled globs, in `config.flows` order.
     matchers: Vec<Matcher>,
     /// The file each followed path names, as of when its tailer started.
@@ -57,6 +69,8 @@ struct Found {
     path: PathBuf,
     file: File,
     id: FileId,
+    btime: u64,
+    modified: std::io::Result<std::time::SystemTime>,
     fingerprint: Fingerprint,
     size: u64,
 }
@@ -79,6 +93,9 @@ impl Discoverer {
             clock,
             shutdown,
             active: HashMap::new(),
+            followed_keys: HashMap::new(),
+            copies: HashMap::new(),
+            ignored: std::collections::HashSet::new(),
             followed: HashMap::new(),
             matchers,
             wakes: HashMap::new(),
@@ -169,6 +186,18 @@ impl Discoverer {
         self.matchers.iter().any(|m| m.wants(path))
     }
 
+    /// Forgets a followed file; its source's state records when it was last followed.
+    fn unfollow(&mut self, id: FileId) {
+        if let Some((_, key)) = self.active.remove(&id) {
+            self.followed_keys.remove(&key);
+            let now = self.clock.now().to_string();
+            let mut checkpoints = self.checkpoints.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(entry) = checkpoints.get_mut(&key) {
+                entry.seen_at = Some(now);
+            }
+        }
+    }
+
     /// Removes a finished tailer; true if a rescan should follow right away.
     fn finished(
         &mut self,
@@ -179,13 +208,13 @@ impl Discoverer {
             Err(error) => {
                 warn!(%error, "A tailer task failed; its file is picked up again by the next scan.");
                 if let Some((id, _)) = self.task_files.remove(&error.id()) {
-                    self.active.remove(&id);
+                    self.unfollow(id);
                 }
                 return true;
             }
         };
         self.task_files.remove(&task);
-        self.active.remove(&id);
+        self.unfollow(id);
         if self.followed.get(&path) == Some(&id) {
             self.followed.remove(&path);
         }
@@ -196,11 +225,13 @@ impl Discoverer {
         {
             self.wakes.remove(&path);
         }
+        // Copies held back may now continue the source that ended.
+        let copies_waiting = !self.copies.is_empty();
         match end {
             Ok(TailEnd::Truncated) => true,
             Ok(end) => {
                 debug!(path = %path.display(), ?end, "Tailer ended.");
-                false
+                copies_waiting
             }
             Err(error) => {
                 warn!(path = %path.display(), %error, "Reading the file failed; it is retried at the next scan.");
@@ -211,56 +242,272 @@ impl Discoverer {
     }
 
     /// Expands every flow's globs and starts tailers for files not yet followed.
+    ///
+    /// Files whose identity matches saved state are resumed first; then the rest are
+    /// checked against the sources they might be copies of, which by then are known to be
+    /// followed or not.
     fn scan(&mut self) {
         if self.shutdown.is_cancelled() {
             return;
         }
         let config = self.config.clone();
-        for (flow, i) in config.flows.iter().zip(0..) {
+        let mut found: Vec<(usize, Found)> = Vec::new();
+        let mut seen = std::collections::HashSet::new();
+        for (i, flow) in config.flows.iter().enumerate() {
             for pattern in &flow.paths {
                 let Ok(paths) = glob::glob(pattern) else {
                     continue;
                 };
                 for path in paths.filter_map(Result::ok) {
-                    if !self.matchers[i].excluded(&path) {
-                        self.consider(flow, path);
+                    if self.matchers[i].excluded(&path) {
+                        continue;
+                    }
+                    if let Some(file) = self.identify_new(&path)
+                        && seen.insert(file.id)
+                    {
+                        found.push((i, file));
                     }
                 }
             }
         }
+        let mut rest = Vec::new();
+        for (i, file) in found {
+            match self.saved_state_of(&file) {
+                Some(key) => self.resume(&config.flows[i], file, key),
+                None => rest.push((i, file)),
+            }
+        }
+        for (i, file) in rest {
+            self.place(&config.flows[i], file);
+        }
         self.start_at_applies = false;
+        self.prune();
     }
 
-    fn consider(&mut self, flow: &FlowConfig, path: PathBuf) {
-        let Ok(meta) = std::fs::metadata(&path) else {
-            return;
-        };
+    /// Opens and identifies a file not followed yet; `None` if it is, or is not ready.
+    fn identify_new(&self, path: &Path) -> Option<Found> {
+        let meta = std::fs::metadata(path).ok()?;
         if !meta.is_file() || self.active.contains_key(&FileId::of(&meta)) {
-            return;
+            return None;
         }
-        let found = match identify(&path) {
-            Ok(Some(found)) => found,
-            Ok(None) => return, // No complete first line yet.
+        match identify(path) {
+            Ok(Some(found)) if !self.active.contains_key(&found.id) => Some(found),
+            Ok(_) => None, // No complete first line yet, or followed after all.
             Err(error) => {
                 warn!(path = %path.display(), %error, "Cannot open file.");
-                return;
+                None
             }
+        }
+    }
+
+    /// The key of the saved state describing this very file (latest generation), if any.
+    fn saved_state_of(&self, found: &Found) -> Option<String> {
+        let checkpoints = self.checkpoints.lock().unwrap_or_else(|p| p.into_inner());
+        checkpoints
+            .entries()
+            .filter(|(_, e)| e.copy_of.is_none() && found.is(&e.file))
+            .max_by_key(|(_, e)| e.generation)
+            .map(|(key, _)| key.clone())
+    }
+
+    /// Follows a file that has saved state: from its offset if the bytes before it are
+    /// unchanged, else (truncated or rewritten) from the start as a new generation.
+    fn resume(&mut self, flow: &FlowConfig, found: Found, key: String) {
+        let entry = {
+            let checkpoints = self.checkpoints.lock().unwrap_or_else(|p| p.into_inner());
+            checkpoints.get(&key).cloned()
         };
-        if self.active.contains_key(&found.id) {
+        let Some(entry) = entry else { return };
+        let intact = found.size >= entry.offset
+            && bytes_before_match(&found.file, entry.offset, entry.tail_len, entry.tail_crc)
+                .unwrap_or(false);
+        if intact {
+            self.follow(flow, found, key, entry.offset);
             return;
         }
-        let (key, start) = match self.resolve_start(flow, &found) {
-            Ok(resolved) => resolved,
+        warn!(path = %found.path.display(), size = found.size, offset = entry.offset, "File was truncated or rewritten since it was last read; reading it again from the start as a new source.");
+        metrics::counter!("tollstream_agent_truncations_total").increment(1);
+        self.start_new(flow, found, false);
+    }
+
+    /// Places a file without saved state of its own: a copy of a followed file (held back),
+    /// the continuation of a source whose file is gone (e.g. the rotated copy after
+    /// `copytruncate`), or a new source.
+    fn place(&mut self, flow: &FlowConfig, found: Found) {
+        let mut candidates: Vec<(String, Entry)> = {
+            let checkpoints = self.checkpoints.lock().unwrap_or_else(|p| p.into_inner());
+            let held = self.held_copy_of(&checkpoints, &found);
+            checkpoints
+                .entries()
+                .filter(|(key, e)| match &held {
+                    Some((_, source)) => *key == source,
+                    None => e.copy_of.is_none() && found.starts_like(&e.file),
+                })
+                .map(|(key, e)| (key.clone(), e.clone()))
+                .collect()
+        };
+        candidates.sort_by_key(|(_, e)| std::cmp::Reverse(e.generation));
+        for (key, entry) in candidates {
+            if let Some(&live) = self.followed_keys.get(&key) {
+                match self.copy_of_live(&found, live) {
+                    Some(true) => return self.hold_copy(found, key),
+                    Some(false) => continue,
+                    None => return, // Too little written to tell yet.
+                }
+            }
+            let continues = found.size >= entry.offset
+                && bytes_before_match(&found.file, entry.offset, entry.tail_len, entry.tail_crc)
+                    .unwrap_or(false);
+            if continues {
+                info!(path = %found.path.display(), source = %key, offset = entry.offset, was = %entry.path.display(), "File holds the content of a source whose own file is gone (a copy, e.g. by copytruncate); continuing that source.");
+                return self.adopt(flow, found, key, entry.offset);
+            }
+        }
+        // A held copy no longer longer than what its source sent: it holds nothing new.
+        let held = {
+            let checkpoints = self.checkpoints.lock().unwrap_or_else(|p| p.into_inner());
+            self.held_copy_of(&checkpoints, &found)
+        };
+        if let Some((own_key, source)) = held {
+            if self.followed_keys.contains_key(&source) {
+                return;
+            }
+            info!(path = %found.path.display(), of = %source, "Copy holds nothing its source did not already send; following it from its end.");
+            let tail = tail_before(&found.file, found.size).unwrap_or((0, 0));
+            if let Some(entry) = self
+                .checkpoints
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get_mut(&own_key)
+            {
+                entry.copy_of = None;
+                entry.offset = found.size;
+                (entry.tail_crc, entry.tail_len) = tail;
+            }
+            self.copies.remove(&found.id);
+            let size = found.size;
+            return self.follow(flow, found, own_key, size);
+        }
+        self.start_new(flow, found, true);
+    }
+
+    /// The file's own key and the source it was found to copy, if it is a held copy.
+    fn held_copy_of(&self, checkpoints: &Checkpoints, found: &Found) -> Option<(String, String)> {
+        checkpoints
+            .entries()
+            .find(|(_, e)| e.copy_of.is_some() && found.is(&e.file))
+            .and_then(|(key, e)| Some((key.clone(), e.copy_of.clone()?)))
+    }
+
+    /// Whether `found` holds the same bytes as the followed file `live`; `None` while it
+    /// has nothing beyond the shared first line to compare.
+    fn copy_of_live(&self, found: &Found, live: FileId) -> Option<bool> {
+        let (path, _) = self.active.get(&live)?;
+        let other = File::open(path).ok()?;
+        let meta = other.metadata().ok()?;
+        if FileId::of(&meta) != live {
+            return Some(false);
+        }
+        let len = found.size.min(meta.len());
+        let head = found.fingerprint.len as u64;
+        if len <= head {
+            return None;
+        }
+        same_bytes_before(&found.file, &other, len, head).ok()
+    }
+
+    /// Records `found` as a copy of the followed source `key`, not to be read while that
+    /// source's file holds the same content.
+    fn hold_copy(&mut self, found: Found, key: String) {
+        if self.copies.insert(found.id, key.clone()).is_none() {
+            info!(path = %found.path.display(), of = %key, "File is a copy of a file being followed; holding it back so nothing is sent twice.");
+            metrics::counter!("tollstream_agent_copies_detected_total").increment(1);
+        }
+        let mut checkpoints = self.checkpoints.lock().unwrap_or_else(|p| p.into_inner());
+        if self.held_copy_of(&checkpoints, &found).is_some() {
+            return;
+        }
+        let (own, generation) = checkpoints.free_key(&found.key_base());
+        let now = self.clock.now().to_string();
+        checkpoints.set(
+            &own,
+            Entry {
+                copy_of: Some(key),
+                seen_at: Some(now),
+                ..found.entry(0, generation)
+            },
+        );
+    }
+
+    /// Moves source `key` onto `found` and follows it from `offset`.
+    fn adopt(&mut self, flow: &FlowConfig, found: Found, key: String, offset: u64) {
+        {
+            let mut checkpoints = self.checkpoints.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some((own, _)) = self.held_copy_of(&checkpoints, &found) {
+                checkpoints.remove(&own);
+            }
+            if let Some(entry) = checkpoints.get_mut(&key) {
+                entry.file = found.identity();
+                entry.path = found.path.clone();
+            }
+        }
+        self.copies.remove(&found.id);
+        self.follow(flow, found, key, offset);
+    }
+
+    /// Follows a file never seen before as a new source.
+    fn start_new(&mut self, flow: &FlowConfig, found: Found, first_sight: bool) {
+        if first_sight
+            && let Some(max_age) = flow.ignore_older
+            && let Ok(modified) = found.modified
+            && let Ok(modified) = jiff::Timestamp::try_from(modified)
+            && self.clock.now().duration_since(modified).unsigned_abs() > max_age
+        {
+            if self.ignored.insert(found.id) {
+                debug!(path = %found.path.display(), "Not modified within ignore_older; not following it.");
+            }
+            return;
+        }
+        self.ignored.remove(&found.id);
+        let start = if self.start_at_applies && first_sight && flow.start_at == StartAt::End {
+            crate::tail::end_of_last_line(&found.file, found.size).map(Some)
+        } else {
+            offset_after_lines(&found.file, flow.skip_header_lines, found.size)
+        };
+        let start = match start {
+            Ok(Some(start)) => start,
+            Ok(None) => return, // Header lines not all written yet.
             Err(error) => {
-                warn!(path = %path.display(), %error, "Cannot read file.");
+                warn!(path = %found.path.display(), %error, "Cannot read file.");
                 return;
             }
         };
+        let key = {
+            let mut checkpoints = self.checkpoints.lock().unwrap_or_else(|p| p.into_inner());
+            let (key, generation) = checkpoints.free_key(&found.key_base());
+            let tail = tail_before(&found.file, start).unwrap_or((0, 0));
+            let mut entry = found.entry(start, generation);
+            (entry.tail_crc, entry.tail_len) = tail;
+            checkpoints.set(&key, entry);
+            key
+        };
+        self.follow(flow, found, key, start);
+    }
+
+    /// Starts a tailer for `found` as source `key` at `start`.
+    fn follow(&mut self, flow: &FlowConfig, found: Found, key: String, start: u64) {
         // Events for this path now wake this tailer; one still draining a rotated file that
         // had the same name relies on polling.
         let wake = Arc::new(Notify::new());
         self.wakes.insert(found.path.clone(), wake.clone());
         self.followed.insert(found.path.clone(), found.id);
+        {
+            let mut checkpoints = self.checkpoints.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(entry) = checkpoints.get_mut(&key) {
+                entry.path = found.path.clone();
+                entry.seen_at = Some(self.clock.now().to_string());
+            }
+        }
         let tailer = Tailer {
             stream: flow.stream.clone(),
             path: found.path.clone(),
@@ -268,9 +515,10 @@ impl Discoverer {
             id: found.id,
             fingerprint: found.fingerprint,
             source: format!("{}/{key}", self.config.agent_id()),
-            key,
+            key: key.clone(),
             start,
             limits: flow.batch.clone(),
+            max_line_bytes: flow.max_line_bytes,
             gzip_level: self.config.collector.gzip_level,
             poll_interval: self.config.poll_interval,
             rotate_wait: self.config.rotate_wait,
@@ -281,7 +529,9 @@ impl Discoverer {
             shutdown: self.shutdown.clone(),
         };
         info!(path = %found.path.display(), source = %tailer.source, offset = start, size = found.size, "Following file.");
-        self.active.insert(found.id, found.path.clone());
+        self.active
+            .insert(found.id, (found.path.clone(), key.clone()));
+        self.followed_keys.insert(key, found.id);
         let (id, path) = (found.id, found.path.clone());
         let task = self
             .tasks
@@ -289,40 +539,28 @@ impl Discoverer {
         self.task_files.insert(task.id(), (id, found.path));
     }
 
-    /// Finds the file's checkpoint (latest generation) and where to start reading.
-    fn resolve_start(&self, flow: &FlowConfig, found: &Found) -> std::io::Result<(String, u64)> {
-        let base = format!("{:x}-{:08x}", found.id.ino, found.fingerprint.crc);
-        let mut checkpoints = self.checkpoints.lock().unwrap_or_else(|p| p.into_inner());
-        let mut generation = 0;
-        while checkpoints
-            .get(&format!("{base}-{}", generation + 1))
-            .is_some()
-        {
-            generation += 1;
-        }
-        let key = format!("{base}-{generation}");
-        let (key, generation, start) = match checkpoints.get(&key) {
-            Some(entry) if entry.offset <= found.size => (key, generation, entry.offset),
-            Some(entry) => {
-                warn!(path = %found.path.display(), size = found.size, offset = entry.offset, "File is smaller than its checkpoint: truncated. Reading it from the start.");
-                (format!("{base}-{}", generation + 1), generation + 1, 0)
-            }
-            None if self.start_at_applies && flow.start_at == StartAt::End => {
-                (key, generation, end_of_last_line(&found.file, found.size)?)
-            }
-            None => (key, generation, 0),
+    /// Forgets the state of sources not followed for `checkpoint_retention`.
+    fn prune(&mut self) {
+        let Some(before) = self
+            .clock
+            .now()
+            .checked_sub(self.config.checkpoint_retention)
+            .ok()
+        else {
+            return;
         };
-        if checkpoints.get(&key).is_none() {
-            let entry = Entry {
-                path: found.path.clone(),
-                offset: start,
-                size: found.size,
-                generation,
-                acked_at: None,
-            };
-            checkpoints.set(&key, entry);
+        let followed = &self.followed_keys;
+        let held: std::collections::HashSet<&String> = self.copies.values().collect();
+        let pruned = self
+            .checkpoints
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .prune(before, |key| {
+                followed.contains_key(key) || held.contains(&key.to_owned())
+            });
+        if pruned > 0 {
+            info!(pruned, retention = ?self.config.checkpoint_retention, "Forgot the state of files not followed within checkpoint_retention.");
         }
-        Ok((key, start))
     }
 }
 
@@ -336,10 +574,105 @@ fn identify(path: &Path) -> std::io::Result<Option<Found>> {
     Ok(Some(Found {
         path: path.to_path_buf(),
         id: FileId::of(&meta),
+        btime: birth_time(&meta),
+        modified: meta.modified(),
         fingerprint,
         size: meta.len(),
         file,
     }))
+}
+
+/// Birth time in nanoseconds since the epoch; 0 where the file system keeps none.
+fn birth_time(meta: &std::fs::Metadata) -> u64 {
+    meta.created()
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+}
+
+impl Found {
+    /// Whether this is the file `identity` describes: same inode and birth time (or, where
+    /// there is no birth time, same device and inode) and the same first line.
+    fn is(&self, identity: &FileIdentity) -> bool {
+        let same_file = self.id.ino == identity.ino
+            && if identity.btime != 0 && self.btime != 0 {
+                identity.btime == self.btime
+            } else {
+                identity.dev == 0 || identity.dev == self.id.dev
+            };
+        same_file && self.starts_like(identity)
+    }
+
+    /// Whether the file starts with the first line `identity` was taken from.
+    fn starts_like(&self, identity: &FileIdentity) -> bool {
+        self.fingerprint.crc == identity.head_crc
+            && (identity.head_len == 0 || identity.head_len as usize == self.fingerprint.len)
+    }
+
+    fn identity(&self) -> FileIdentity {
+        FileIdentity {
+            dev: self.id.dev,
+            ino: self.id.ino,
+            btime: self.btime,
+            head_crc: self.fingerprint.crc,
+            head_len: u32::try_from(self.fingerprint.len).unwrap_or(u32::MAX),
+        }
+    }
+
+    /// Keys of this file's sources: `<inode>-<birth time>-<first-line CRC>-<generation>`,
+    /// all hex but the generation. The same file always gets the same key, so after a lost
+    /// checkpoint the collector still recognises what it already has.
+    fn key_base(&self) -> String {
+        format!(
+            "{:x}-{:x}-{:08x}",
+            self.id.ino, self.btime, self.fingerprint.crc
+        )
+    }
+
+    fn entry(&self, offset: u64, generation: u32) -> Entry {
+        Entry {
+            path: self.path.clone(),
+            offset,
+            size: self.size,
+            generation,
+            acked_at: None,
+            file: self.identity(),
+            tail_crc: 0,
+            tail_len: 0,
+            copy_of: None,
+            seen_at: None,
+        }
+    }
+}
+
+/// The tail check of the bytes before `offset`.
+fn tail_before(file: &File, offset: u64) -> std::io::Result<(u32, u32)> {
+    let len = offset.min(crate::tail::TAIL_CHECK_BYTES as u64);
+    let mut buf = vec![0u8; len as usize];
+    file.read_exact_at(&mut buf, offset - len)?;
+    Ok(tail_check(&buf))
+}
+
+/// Offset just after the first `lines` lines; `None` while fewer are written.
+fn offset_after_lines(file: &File, lines: usize, size: u64) -> std::io::Result<Option<u64>> {
+    let mut left = lines;
+    let mut offset = 0u64;
+    let mut buf = vec![0u8; 64 * 1024];
+    while left > 0 {
+        if offset >= size {
+            return Ok(None);
+        }
+        let len = (size - offset).min(buf.len() as u64) as usize;
+        file.read_exact_at(&mut buf[..len], offset)?;
+        match memchr::memchr_iter(b'\n', &buf[..len]).nth(left - 1) {
+            Some(nl) => return Ok(Some(offset + nl as u64 + 1)),
+            None => {
+                left -= memchr::memchr_iter(b'\n', &buf[..len]).count();
+                offset += len as u64;
+            }
+        }
+    }
+    Ok(Some(offset))
 }
 
 /// A flow's globs, compiled once (config validation already checked they compile).

@@ -65,7 +65,8 @@ pub async fn run(
         .with_context(|| format!("creating state_dir {}", config.state_dir.display()))?;
     let token = read_token(&config.collector.token_file)?;
     let checkpoints = checkpoint::load(&config.state_dir, clock.as_ref())?;
-    let first_run = checkpoints.entries().next().is_none();
+    // After a damaged checkpoint, `start_at: end` would skip what was never sent.
+    let first_run = checkpoints.entries().next().is_none() && !checkpoints.was_damaged();
     let checkpoints = Arc::new(Mutex::new(checkpoints));
     let give_up = CancellationToken::new();
     let collector = &config.collector;

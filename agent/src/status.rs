@@ -26,35 +26,35 @@ pub fn report(config: &Config) -> anyhow::Result<String> {
     );
     let _ = writeln!(
         out,
-        "{:<50} {:<24} {:>14} {:>14} {:>12}  LAST ACK",
+        "{:<50} {:<40} {:>14} {:>14} {:>12}  LAST ACK",
         "PATH", "IDENTITY", "OFFSET", "SIZE", "LAG"
     );
     let mut total_lag = 0u64;
     for (key, entry) in checkpoints.entries() {
-        // The key is `<inode hex>-<first-line CRC hex>-<generation>`: the path may now name
-        // another file, or this file may since have been truncated (a later generation then
-        // holds the live offset).
-        let mut parts = key.split('-');
-        let inode = parts.next().and_then(|h| u64::from_str_radix(h, 16).ok());
-        let crc = parts.next().and_then(|h| u32::from_str_radix(h, 16).ok());
-        let base = key.rsplit_once('-').map_or("", |(base, _)| base);
-        let superseded = checkpoints
-            .get(&format!("{base}-{}", entry.generation + 1))
-            .is_some();
-        let current = std::fs::metadata(&entry.path).ok().filter(|m| {
-            !superseded && Some(m.ino()) == inode && first_line_crc(&entry.path) == crc
+        // The path may now name another file, or this file may since have been truncated
+        // (a later generation then holds the live offset).
+        let superseded = checkpoints.entries().any(|(_, other)| {
+            other.file.ino == entry.file.ino
+                && other.file.btime == entry.file.btime
+                && other.generation > entry.generation
         });
-        let (size, lag) = match current {
-            Some(meta) => {
+        let current = std::fs::metadata(&entry.path).ok().filter(|m| {
+            !superseded
+                && m.ino() == entry.file.ino
+                && first_line_crc(&entry.path) == Some(entry.file.head_crc)
+        });
+        let (size, lag) = match (&entry.copy_of, current) {
+            (Some(source), _) => ("(copy)".to_string(), format!("of {source}")),
+            (None, Some(meta)) => {
                 let lag = meta.len().saturating_sub(entry.offset);
                 total_lag += lag;
                 (meta.len().to_string(), lag.to_string())
             }
-            None => ("(rotated/gone)".to_string(), "-".to_string()),
+            (None, None) => ("(rotated/gone)".to_string(), "-".to_string()),
         };
         let _ = writeln!(
             out,
-            "{:<50} {:<24} {:>14} {:>14} {:>12}  {}",
+            "{:<50} {:<40} {:>14} {:>14} {:>12}  {}",
             entry.path.display(),
             key,
             entry.offset,

@@ -26,15 +26,13 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::batch::{Pending, whole_lines};
-use crate::checkpoint::SharedCheckpoints;
+use crate::checkpoint::{Ack, SharedCheckpoints};
 use crate::clock::Clock;
 use crate::config::BatchConfig;
 use crate::ship::{ShipError, ShipRequest};
 
 /// Bytes of the first line that go into the fingerprint at most.
 const FINGERPRINT_MAX_BYTES: usize = 64 * 1024;
-/// A single line longer than this is not read (it would have to be held in memory whole).
-pub const MAX_LINE_BYTES: u64 = 32 << 20;
 
 /// Device and inode of an open file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -124,65 +122,192 @@ fn read_at_most(file: &File, buf: &mut [u8], offset: u64) -> std::io::Result<usi
     Ok(filled)
 }
 
+/// Longest stretch checked before a resume offset: enough to hold a whole toll line.
+pub const TAIL_CHECK_BYTES: usize = 1024;
+
+/// Whether the `len` bytes before `offset` still have CRC-32 `crc` (the check made before
+/// reading resumes at a saved offset; `len` 0 always passes).
+///
+/// # Errors
+/// I/O errors reading the file.
+pub fn bytes_before_match(file: &File, offset: u64, len: u32, crc: u32) -> std::io::Result<bool> {
+    if len == 0 {
+        return Ok(true);
+    }
+    let Some(from) = offset.checked_sub(u64::from(len)) else {
+        return Ok(false);
+    };
+    let mut buf = vec![0u8; len as usize];
+    let n = read_at_most(file, &mut buf, from)?;
+    Ok(n == buf.len() && crc32fast::hash(&buf) == crc)
+}
+
+/// CRC-32 and length of the last (up to [`TAIL_CHECK_BYTES`]) bytes of `data`.
+pub fn tail_check(data: &[u8]) -> (u32, u32) {
+    let tail = &data[data.len().saturating_sub(TAIL_CHECK_BYTES)..];
+    // TAIL_CHECK_BYTES fits in u32.
+    (crc32fast::hash(tail), tail.len() as u32)
+}
+
+/// Whether two files hold the same bytes over the stretch before `len` (up to 4 KiB, not
+/// counting the first `skip` bytes): how a copy of a file is recognised.
+///
+/// # Errors
+/// I/O errors reading either file.
+pub fn same_bytes_before(a: &File, b: &File, len: u64, skip: u64) -> std::io::Result<bool> {
+    let from = len.saturating_sub(4096).max(skip);
+    if from >= len {
+        return Ok(false); // Nothing beyond the first line to compare.
+    }
+    let mut x = vec![0u8; (len - from) as usize];
+    let mut y = vec![0u8; x.len()];
+    let n = read_at_most(a, &mut x, from)?;
+    let m = read_at_most(b, &mut y, from)?;
+    Ok(n == x.len() && m == y.len() && x == y)
+}
+
 /// What one read found.
 struct Read {
     data: Bytes,
     lines: usize,
+    /// File offset just past what `data` stands for (more than `data` holds for a
+    /// truncated long line).
+    end: u64,
     size: u64,
     /// The file shrank below the offset or no longer starts with its first line.
     replaced: bool,
+    /// `data` is one line cut to `max_line_bytes`; it travels in a batch of its own.
+    cut: bool,
+    /// For a long line whose newline is not written yet: how far it was searched.
+    searched_to: Option<u64>,
 }
 
-/// Reads whole lines at `offset`, at most `max_bytes` (more for a single longer line) and
-/// `max_records` lines.
-fn read_lines(
-    file: &File,
-    expect: Fingerprint,
-    offset: u64,
-    max_bytes: u64,
-    max_records: usize,
-) -> std::io::Result<Read> {
+impl Read {
+    fn nothing(size: u64, offset: u64) -> Self {
+        Self {
+            data: Bytes::new(),
+            lines: 0,
+            end: offset,
+            size,
+            replaced: false,
+            cut: false,
+            searched_to: None,
+        }
+    }
+}
+
+/// Limits of one read.
+#[derive(Debug, Clone, Copy)]
+struct Room {
+    bytes: u64,
+    records: usize,
+    max_line: u64,
+    /// Nothing is pending, so a cut long line may be returned.
+    alone: bool,
+    /// Where an earlier search for the end of a long line at this offset stopped.
+    search_from: Option<u64>,
+}
+
+/// Reads whole lines at `offset`, at most `room.bytes` (more for a single longer line up
+/// to `room.max_line`) and `room.records` lines. A line longer than `room.max_line` is
+/// returned alone, cut to that length with a marker, once its newline is written.
+fn read_lines(file: &File, expect: Fingerprint, offset: u64, room: Room) -> std::io::Result<Read> {
     let size = file.metadata()?.len();
     // A file truncated and written again past our offset between two reads is only
     // recognisable by its first line.
     if size < offset || !starts_as(file, expect)? {
         return Ok(Read {
-            data: Bytes::new(),
-            lines: 0,
-            size,
             replaced: true,
+            ..Read::nothing(size, offset)
         });
     }
     if size == offset {
-        return Ok(Read {
-            data: Bytes::new(),
-            lines: 0,
-            size,
-            replaced: false,
-        });
+        return Ok(Read::nothing(size, offset));
     }
-    let mut want = (size - offset).min(max_bytes.max(1));
-    loop {
-        let mut buf = vec![0u8; want as usize];
-        let n = read_at_most(file, &mut buf, offset)?;
-        buf.truncate(n);
-        // Past the byte limit only the one long line is taken.
-        let max_records = if want > max_bytes { 1 } else { max_records };
-        let (end, lines) = whole_lines(&buf, max_records);
-        let more = offset + (n as u64) < size;
-        // A line longer than the batch limit: read more of it, up to MAX_LINE_BYTES.
-        if lines == 0 && more && n as u64 == want && want < MAX_LINE_BYTES {
-            want = (want * 2).min(MAX_LINE_BYTES).min(size - offset);
-            continue;
-        }
+    let want = (size - offset).min(room.bytes.max(1));
+    let mut buf = vec![0u8; want as usize];
+    let n = read_at_most(file, &mut buf, offset)?;
+    buf.truncate(n);
+    let (end, lines) = whole_lines(&buf, room.records.max(1));
+    if lines > 0 {
         buf.truncate(end);
         return Ok(Read {
             data: Bytes::from(buf),
             lines,
-            size,
-            replaced: false,
+            end: offset + end as u64,
+            ..Read::nothing(size, offset)
         });
     }
+    // The line at `offset` is longer than the room: read it whole, up to `max_line`.
+    let available = size - offset;
+    let whole = available.min(room.max_line);
+    if whole > n as u64 && room.search_from.is_none() {
+        let mut buf = vec![0u8; whole as usize];
+        let n = read_at_most(file, &mut buf, offset)?;
+        buf.truncate(n);
+        if let Some(nl) = memchr::memchr(b'\n', &buf) {
+            buf.truncate(nl + 1);
+            return Ok(Read {
+                end: offset + buf.len() as u64,
+                data: Bytes::from(buf),
+                lines: 1,
+                ..Read::nothing(size, offset)
+            });
+        }
+    }
+    if available <= room.max_line {
+        return Ok(Read::nothing(size, offset)); // A partial line: wait for its newline.
+    }
+    // Longer than `max_line`: find its end without holding it.
+    let from = room.search_from.unwrap_or(offset + room.max_line);
+    let Some(newline) = find_newline(file, from, size)? else {
+        return Ok(Read {
+            searched_to: Some(size),
+            ..Read::nothing(size, offset)
+        });
+    };
+    if !room.alone {
+        // Not joined to other lines: the caller sends what it has first.
+        return Ok(Read {
+            searched_to: Some(newline),
+            ..Read::nothing(size, offset)
+        });
+    }
+    let mut kept = vec![0u8; room.max_line as usize];
+    let n = read_at_most(file, &mut kept, offset)?;
+    kept.truncate(n);
+    let total = newline + 1 - offset;
+    kept.extend_from_slice(
+        format!(
+            " [cut by tollstream-agent: line of {total} bytes, max_line_bytes is {}]\n",
+            room.max_line
+        )
+        .as_bytes(),
+    );
+    Ok(Read {
+        data: Bytes::from(kept),
+        lines: 1,
+        end: newline + 1,
+        cut: true,
+        ..Read::nothing(size, offset)
+    })
+}
+
+/// Offset of the first `\n` in `[from, size)`.
+fn find_newline(file: &File, mut from: u64, size: u64) -> std::io::Result<Option<u64>> {
+    let mut buf = vec![0u8; 256 * 1024];
+    while from < size {
+        let len = (size - from).min(buf.len() as u64) as usize;
+        let n = read_at_most(file, &mut buf[..len], from)?;
+        if n == 0 {
+            break;
+        }
+        if let Some(nl) = memchr::memchr(b'\n', &buf[..n]) {
+            return Ok(Some(from + nl as u64));
+        }
+        from += n as u64;
+    }
+    Ok(None)
 }
 
 /// How a tailer ended.
@@ -219,6 +344,8 @@ pub struct Tailer {
     pub start: u64,
     /// Batch limits.
     pub limits: BatchConfig,
+    /// Longer lines are cut to this many bytes.
+    pub max_line_bytes: u64,
     /// gzip level of request bodies (0: none).
     pub gzip_level: u32,
     /// Growth check interval without file events.
@@ -237,7 +364,7 @@ pub struct Tailer {
     pub shutdown: CancellationToken,
 }
 
-type InFlight = (oneshot::Receiver<Result<(), ShipError>>, u64);
+type InFlight = (oneshot::Receiver<Result<(), ShipError>>, Ack);
 
 /// A batch with its encoded request body.
 struct Sealed {
@@ -259,6 +386,8 @@ impl Tailer {
         let mut quiet_since = Instant::now();
         let mut gone_since: Option<Instant> = None;
         let mut size = self.start;
+        // Where the search for the end of a long line at an offset stopped.
+        let mut long_line: Option<(u64, u64)> = None;
         debug!(path = %self.path.display(), source = %self.source, offset = self.start, "Tailing.");
         let end = loop {
             if self.shutdown.is_cancelled() {
@@ -266,10 +395,18 @@ impl Tailer {
             }
             let (mut eof, mut blocked) = (false, false);
             if !pending.is_full(&self.limits) {
-                let read = self
-                    .read(pending.next_offset(), pending.room(&self.limits))
-                    .await?;
+                let offset = pending.next_offset();
+                let (records, bytes) = pending.room(&self.limits);
+                let room = Room {
+                    bytes,
+                    records,
+                    max_line: self.max_line_bytes,
+                    alone: pending.is_empty(),
+                    search_from: long_line.filter(|l| l.0 == offset).map(|l| l.1),
+                };
+                let read = self.read(offset, room).await?;
                 size = read.size;
+                long_line = read.searched_to.map(|to| (offset, to));
                 if read.replaced {
                     warn!(path = %self.path.display(), size = read.size, offset = pending.next_offset(), "File was truncated or rewritten; sending what was read before it, then reading it again from the start.");
                     metrics::counter!("tollstream_agent_truncations_total").increment(1);
@@ -279,13 +416,16 @@ impl Tailer {
                     metrics::counter!("tollstream_agent_read_records_total")
                         .increment(read.lines as u64);
                     metrics::counter!("tollstream_agent_read_bytes_total")
-                        .increment(read.data.len() as u64);
-                    pending.push(&read.data, read.lines, Instant::now());
+                        .increment(read.end - offset);
+                    if read.cut {
+                        warn!(path = %self.path.display(), offset, bytes = read.end - offset, max_line_bytes = self.max_line_bytes, "Line longer than max_line_bytes: sending it cut, with a marker.");
+                        metrics::counter!("tollstream_agent_long_lines_total").increment(1);
+                        pending.push_cut(&read.data, read.end, Instant::now());
+                    } else {
+                        pending.push(&read.data, read.lines, read.end, Instant::now());
+                    }
                     quiet_since = Instant::now();
-                } else if read.size > pending.next_offset() + MAX_LINE_BYTES && pending.is_empty() {
-                    warn!(path = %self.path.display(), offset = pending.next_offset(), "A line longer than 32 MiB; waiting (longer lines are not supported yet).");
-                    eof = true;
-                } else if read.size > pending.next_offset() && !pending.is_empty() {
+                } else if read.size > offset && !pending.is_empty() {
                     blocked = true; // The next line does not fit: send what we have.
                 } else {
                     eof = true;
@@ -326,10 +466,10 @@ impl Tailer {
             };
             tokio::select! {
                 ack = wait_ack(&mut in_flight) => {
-                    let (result, end) = ack;
+                    let (result, done) = ack;
                     in_flight = None;
                     match result {
-                        Ok(()) => self.acked(end, size),
+                        Ok(()) => self.acked(done, size),
                         Err(_) => break TailEnd::Shutdown,
                     }
                 }
@@ -343,10 +483,10 @@ impl Tailer {
         // so the next start does not send it again.
         let mut delivered = true;
         if in_flight.is_some() {
-            let (result, end) = wait_ack(&mut in_flight).await;
+            let (result, done) = wait_ack(&mut in_flight).await;
             delivered = result.is_ok();
             if delivered {
-                self.acked(end, size);
+                self.acked(done, size);
             }
         }
         // Lines read before a truncation exist nowhere else any more: send them now, in
@@ -363,7 +503,7 @@ impl Tailer {
                 };
                 in_flight = Some(sent);
                 match wait_ack(&mut in_flight).await {
-                    (Ok(()), batch_end) => self.acked(batch_end, size),
+                    (Ok(()), done) => self.acked(done, size),
                     (Err(_), _) => break,
                 }
             }
@@ -389,7 +529,13 @@ impl Tailer {
 
     /// Hands a sealed batch to the shipper; `None` if it has stopped.
     async fn send(&self, sealed: Sealed) -> Option<InFlight> {
-        let end = sealed.batch.end();
+        let (tail_crc, tail_len) = tail_check(&sealed.batch.data);
+        let done = Ack {
+            offset: sealed.batch.end(),
+            size: 0,
+            tail_crc,
+            tail_len,
+        };
         let (ack, answer) = oneshot::channel();
         let request = ShipRequest {
             batch: sealed.batch,
@@ -398,23 +544,23 @@ impl Tailer {
             ack,
         };
         self.ship.send(request).await.ok()?;
-        Some((answer, end))
+        Some((answer, done))
     }
 
-    async fn read(&self, offset: u64, room: (usize, u64)) -> std::io::Result<Read> {
+    async fn read(&self, offset: u64, room: Room) -> std::io::Result<Read> {
         let file = self.file.clone();
         let expect = self.fingerprint;
-        tokio::task::spawn_blocking(move || read_lines(&file, expect, offset, room.1, room.0))
+        tokio::task::spawn_blocking(move || read_lines(&file, expect, offset, room))
             .await
             .map_err(std::io::Error::other)?
     }
 
-    fn acked(&self, end: u64, size: u64) {
+    fn acked(&self, done: Ack, size: u64) {
         let at = self.clock.now().to_string();
         self.checkpoints
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .acked(&self.key, end, size, &at);
+            .acked(&self.key, Ack { size, ..done }, &at);
     }
 
     /// Whether the path no longer names this file (or it was deleted) and it has been
@@ -435,9 +581,9 @@ impl Tailer {
 }
 
 /// Waits for the in-flight ack; pending forever when nothing is in flight.
-async fn wait_ack(in_flight: &mut Option<InFlight>) -> (Result<(), ShipError>, u64) {
+async fn wait_ack(in_flight: &mut Option<InFlight>) -> (Result<(), ShipError>, Ack) {
     match in_flight.as_mut() {
-        Some((answer, end)) => (answer.await.unwrap_or(Err(ShipError::ShuttingDown)), *end),
+        Some((answer, done)) => (answer.await.unwrap_or(Err(ShipError::ShuttingDown)), *done),
         None => std::future::pending().await,
     }
 }
@@ -454,6 +600,16 @@ mod tests {
     use super::*;
     use std::io::Write;
 
+    fn room(bytes: u64) -> Room {
+        Room {
+            bytes,
+            records: 100,
+            max_line: 1 << 20,
+            alone: true,
+            search_from: None,
+        }
+    }
+
     fn file_with(bytes: &[u8]) -> (tempfile::NamedTempFile, File) {
         let mut tmp = tempfile::NamedTempFile::new().expect("tmp");
         tmp.write_all(bytes).expect("write");
@@ -465,10 +621,10 @@ mod tests {
     fn reads_only_whole_lines_and_resumes_at_the_partial_one() {
         let (mut tmp, file) = file_with(b"one\ntwo\nthr");
         let fp = fingerprint(&file).expect("fp").expect("first line");
-        let read = read_lines(&file, fp, 0, 1 << 20, 100).expect("read");
+        let read = read_lines(&file, fp, 0, room(1 << 20)).expect("read");
         assert_eq!((&read.data[..], read.lines), (&b"one\ntwo\n"[..], 2));
         tmp.write_all(b"ee\n").expect("append");
-        let read = read_lines(&file, fp, 8, 1 << 20, 100).expect("read");
+        let read = read_lines(&file, fp, 8, room(1 << 20)).expect("read");
         assert_eq!(&read.data[..], b"three\n");
     }
 
@@ -477,9 +633,63 @@ mod tests {
         let long = format!("{}\nnext\n", "x".repeat(5000));
         let (_tmp, file) = file_with(long.as_bytes());
         let fp = fingerprint(&file).expect("fp").expect("first line");
-        let read = read_lines(&file, fp, 0, 1024, 100).expect("read");
+        let read = read_lines(&file, fp, 0, room(1024)).expect("read");
         assert_eq!(read.lines, 1);
         assert_eq!(read.data.len(), 5001);
+    }
+
+    #[test]
+    fn a_line_longer_than_max_line_bytes_is_cut_once_its_newline_is_written() {
+        let (mut tmp, file) = file_with(b"ok\n");
+        let fp = fingerprint(&file).expect("fp").expect("first line");
+        tmp.write_all(&[b'x'; 3000]).expect("append");
+        let limits = Room {
+            max_line: 1000,
+            ..room(100)
+        };
+        let read = read_lines(&file, fp, 3, limits).expect("read");
+        assert_eq!(
+            (read.lines, read.searched_to),
+            (0, Some(3003)),
+            "no newline yet"
+        );
+        tmp.write_all(b"yy\nnext\n").expect("append");
+        let busy = Room {
+            alone: false,
+            search_from: read.searched_to,
+            ..limits
+        };
+        let read = read_lines(&file, fp, 3, busy).expect("read");
+        assert_eq!(
+            (read.lines, read.searched_to),
+            (0, Some(3005)),
+            "sent alone, not joined"
+        );
+        let alone = Room {
+            search_from: read.searched_to,
+            ..limits
+        };
+        let read = read_lines(&file, fp, 3, alone).expect("read");
+        assert!(read.cut);
+        assert_eq!((read.lines, read.end), (1, 3006));
+        assert!(read.data.starts_with(&[b'x'; 1000]));
+        assert!(
+            read.data
+                .ends_with(b"line of 3003 bytes, max_line_bytes is 1000]\n")
+        );
+        let read = read_lines(&file, fp, read.end, limits).expect("read");
+        assert_eq!(&read.data[..], b"next\n");
+    }
+
+    #[test]
+    fn the_bytes_before_a_resume_offset_are_checked() {
+        let (tmp, file) = file_with(b"first\nsecond\n");
+        let (crc, len) = tail_check(b"first\nsecond\n");
+        assert!(bytes_before_match(&file, 13, len, crc).expect("check"));
+        std::fs::write(tmp.path(), b"first\nSECOND\nmore\n").expect("rewrite");
+        assert!(!bytes_before_match(&file, 13, len, crc).expect("check"));
+        assert!(!bytes_before_match(&file, 5, len, crc).expect("check"));
+        assert!(bytes_before_match(&file, 0, 0, 0).expect("nothing to check"));
     }
 
     #[test]
@@ -512,20 +722,20 @@ mod tests {
         let (tmp, file) = file_with(b"first\nsecond\n");
         let fp = fingerprint(&file).expect("fp").expect("first line");
         assert!(
-            !read_lines(&file, fp, 13, 1 << 20, 100)
+            !read_lines(&file, fp, 13, room(1 << 20))
                 .expect("read")
                 .replaced
         );
         // Truncated and refilled beyond offset 13 between two reads.
         std::fs::write(tmp.path(), b"other\nlines\nthat are longer\n").expect("rewrite");
         assert!(
-            read_lines(&file, fp, 13, 1 << 20, 100)
+            read_lines(&file, fp, 13, room(1 << 20))
                 .expect("read")
                 .replaced
         );
         std::fs::write(tmp.path(), b"").expect("truncate");
         assert!(
-            read_lines(&file, fp, 13, 1 << 20, 100)
+            read_lines(&file, fp, 13, room(1 << 20))
                 .expect("read")
                 .replaced
         );
