@@ -189,6 +189,7 @@ impl Discoverer {
     /// Forgets a followed file; its source's state records when it was last followed.
     fn unfollow(&mut self, id: FileId) {
         if let Some((_, key)) = self.active.remove(&id) {
+            metrics::gauge!("tollstream_agent_files_followed").set(self.active.len() as f64);
             self.followed_keys.remove(&key);
             let now = self.clock.now().to_string();
             let mut checkpoints = self.checkpoints.lock().unwrap_or_else(|p| p.into_inner());
@@ -532,6 +533,7 @@ impl Discoverer {
         self.active
             .insert(found.id, (found.path.clone(), key.clone()));
         self.followed_keys.insert(key, found.id);
+        metrics::gauge!("tollstream_agent_files_followed").set(self.active.len() as f64);
         let (id, path) = (found.id, found.path.clone());
         let task = self
             .tasks

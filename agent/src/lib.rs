@@ -16,6 +16,7 @@ pub mod checkpoint;
 pub mod clock;
 pub mod config;
 pub mod discover;
+pub mod health;
 pub mod metrics;
 pub mod ship;
 pub mod status;
@@ -33,7 +34,8 @@ use crate::checkpoint::Checkpointer;
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::discover::Discoverer;
-use crate::ship::Shipper;
+use crate::health::Health;
+use crate::ship::{Shipper, ShipperConfig};
 
 /// Reads the bearer token: the first non-empty line of the token file.
 ///
@@ -70,13 +72,15 @@ pub async fn run(
     let checkpoints = Arc::new(Mutex::new(checkpoints));
     let give_up = CancellationToken::new();
     let collector = &config.collector;
-    let shipper = Shipper::new(
-        &collector.url,
-        &token,
-        collector.request_timeout,
-        collector.max_in_flight,
-        give_up.clone(),
-    )?;
+    let health = Arc::new(Health::default());
+    let shipper_config = ShipperConfig {
+        url: &collector.url,
+        token: &token,
+        timeout: collector.request_timeout,
+        max_in_flight: collector.max_in_flight,
+        gzip_level: collector.gzip_level,
+    };
+    let shipper = Shipper::new(&shipper_config, health.clone(), give_up.clone())?;
     let (ship_tx, ship_rx) = mpsc::channel(collector.max_in_flight * 2);
     let config = Arc::new(config);
 
@@ -92,7 +96,7 @@ pub async fn run(
         let addr = listener.local_addr()?;
         let token = shutdown.clone();
         tokio::spawn(async move {
-            if let Err(error) = axum::serve(listener, metrics::router(metrics))
+            if let Err(error) = axum::serve(listener, metrics::router(metrics, health))
                 .with_graceful_shutdown(token.cancelled_owned())
                 .await
             {

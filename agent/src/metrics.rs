@@ -1,18 +1,28 @@
 //! Metrics: the Prometheus recorder, metric descriptions, and the `/metrics`,
 //! `/healthz` and `/readyz` routes.
 
+use std::sync::Arc;
+
 use axum::Router;
-use axum::http::header;
+use axum::http::{StatusCode, header};
 use axum::routing::get;
-use metrics::{Unit, describe_counter, describe_histogram};
+use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+
+use crate::health::Health;
 
 /// Installs the global recorder (once per process) and describes every metric.
 ///
 /// # Errors
 /// When another recorder is already installed.
 pub fn install() -> anyhow::Result<PrometheusHandle> {
-    let recorder = PrometheusBuilder::new().build_recorder();
+    // Per-file gauges of files no longer followed disappear after an hour without updates.
+    let recorder = PrometheusBuilder::new()
+        .idle_timeout(
+            metrics_util::MetricKindMask::GAUGE,
+            Some(std::time::Duration::from_secs(3600)),
+        )
+        .build_recorder();
     let handle = recorder.handle();
     metrics::set_global_recorder(recorder)
         .map_err(|e| anyhow::anyhow!("installing metrics recorder: {e}"))?;
@@ -61,13 +71,31 @@ fn describe() {
         "Time from a batch's first send to its ack."
     );
     describe_counter!(
+        "tollstream_agent_long_lines_total",
+        "Lines longer than max_line_bytes, sent cut with a marker."
+    );
+    describe_counter!(
+        "tollstream_agent_copies_detected_total",
+        "Files recognised as copies of a followed file and held back (not sent twice)."
+    );
+    describe_counter!(
+        "tollstream_agent_split_batches_total",
+        "Batches split in two because the collector answered 413."
+    );
+    describe_gauge!(
+        "tollstream_agent_file_lag_bytes",
+        Unit::Bytes,
+        "Bytes of a followed file not yet acknowledged by the collector, by path."
+    );
+    describe_gauge!("tollstream_agent_files_followed", "Files being followed.");
+    describe_counter!(
         "tollstream_agent_checkpoint_errors_total",
         "Checkpoint files found damaged or not written."
     );
 }
 
 /// `/metrics`, `/healthz`, `/readyz`.
-pub fn router(handle: PrometheusHandle) -> Router {
+pub fn router(handle: PrometheusHandle, health: Arc<Health>) -> Router {
     Router::new()
         .route(
             "/metrics",
@@ -87,6 +115,14 @@ pub fn router(handle: PrometheusHandle) -> Router {
         )
         .route(
             "/readyz",
-            get(|| async { axum::Json(serde_json::json!({ "status": "ready" })) }),
+            get(move || async move {
+                let (ready, body) = health.verdict();
+                let status = if ready {
+                    StatusCode::OK
+                } else {
+                    StatusCode::SERVICE_UNAVAILABLE
+                };
+                (status, axum::Json(body))
+            }),
         )
 }

@@ -5,10 +5,14 @@
 //! answered 2xx — which it does only once the batch is durable.
 //!
 //! Never drops a batch. Network errors, timeouts, 408, 429 and 5xx (but 501) are retried
-//! with capped exponential backoff and full jitter, honouring `Retry-After`. Anything else
-//! (401, 403, 404, 409, 413, …) cannot succeed by retrying soon: the flow is paused loudly
-//! (ERROR log, metric) and retried slowly, in case an operator fixes the cause.
+//! with capped exponential backoff and full jitter, honouring `Retry-After`. A 413 splits
+//! the batch in two halves sent one after the other. Anything else (401, 403, 404, 409, a
+//! single line still too large, …) cannot succeed by retrying soon: the flow is paused
+//! loudly (ERROR log, metric, `/readyz` fails) and retried slowly, in case an operator
+//! fixes the cause.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -20,6 +24,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, warn};
 
 use crate::batch::Batch;
+use crate::health::Health;
 
 /// Delay before retrying a permanent error (wrong token, unknown stream).
 const PERMANENT_RETRY: Duration = Duration::from_secs(30);
@@ -83,6 +88,7 @@ impl Backoff {
 enum Verdict {
     Done,
     Retry(Option<Duration>),
+    TooLarge,
     Permanent,
 }
 
@@ -94,6 +100,7 @@ fn classify(status: StatusCode, retry_after: Option<&HeaderValue>) -> Verdict {
     match status.as_u16() {
         200..=299 => Verdict::Done,
         408 | 429 => Verdict::Retry(after),
+        413 => Verdict::TooLarge,
         501 => Verdict::Permanent,
         500..=599 => Verdict::Retry(after),
         _ => Verdict::Permanent,
@@ -107,8 +114,26 @@ pub struct Shipper {
     auth: HeaderValue,
     backoff: Backoff,
     in_flight: Arc<Semaphore>,
+    gzip_level: u32,
+    health: Arc<Health>,
     shutdown: CancellationToken,
 }
+
+/// Settings of a [`Shipper`].
+pub struct ShipperConfig<'a> {
+    /// Collector base URL.
+    pub url: &'a str,
+    /// Bearer token.
+    pub token: &'a str,
+    /// Timeout of one request.
+    pub timeout: Duration,
+    /// Requests on the wire at once.
+    pub max_in_flight: usize,
+    /// gzip level for bodies the shipper encodes itself (halves of a split batch).
+    pub gzip_level: u32,
+}
+
+type Delivery<'a> = Pin<Box<dyn Future<Output = Result<(), ShipError>> + Send + 'a>>;
 
 impl Shipper {
     /// A shipper for `url` with a bearer `token`.
@@ -116,12 +141,17 @@ impl Shipper {
     /// # Errors
     /// A token that is not a valid header value, or an HTTP client that cannot be built.
     pub fn new(
-        url: &str,
-        token: &str,
-        timeout: Duration,
-        max_in_flight: usize,
+        config: &ShipperConfig<'_>,
+        health: Arc<Health>,
         shutdown: CancellationToken,
     ) -> anyhow::Result<Self> {
+        let ShipperConfig {
+            url,
+            token,
+            timeout,
+            max_in_flight,
+            gzip_level,
+        } = *config;
         let mut auth = HeaderValue::from_str(&format!("Bearer {token}")).map_err(|_| {
             anyhow::anyhow!("the collector token contains characters not allowed in an HTTP header")
         })?;
@@ -139,6 +169,8 @@ impl Shipper {
             backoff: Backoff::try_new(Duration::from_millis(100), Duration::from_secs(10))
                 .map_err(anyhow::Error::msg)?,
             in_flight: Arc::new(Semaphore::new(max_in_flight)),
+            gzip_level,
+            health,
             shutdown,
         })
     }
@@ -179,6 +211,7 @@ impl Shipper {
             };
             let delay = match answer {
                 Ok((Verdict::Done, _)) => {
+                    self.health.delivered(&batch.source);
                     metrics::counter!("tollstream_agent_shipped_records_total")
                         .increment(batch.records as u64);
                     metrics::counter!("tollstream_agent_shipped_bytes_total")
@@ -188,22 +221,29 @@ impl Shipper {
                         .record(started.elapsed().as_secs_f64());
                     return Ok(());
                 }
+                Ok((Verdict::TooLarge, status)) if batch.records > 1 => {
+                    if let Some((first, second)) = batch.split() {
+                        warn!(source = %batch.source, %status, records = batch.records, "Collector says the batch is too large; sending it as two halves.");
+                        metrics::counter!("tollstream_agent_split_batches_total").increment(1);
+                        self.deliver_encoded(first).await?;
+                        return self.deliver_encoded(second).await;
+                    }
+                    self.refused(batch, status)
+                }
                 Ok((Verdict::Retry(after), status)) => {
+                    self.health.reached();
                     let delay = after.unwrap_or_else(|| self.backoff.delay(attempt));
                     warn!(source = %batch.source, %status, retry_in = ?delay, "Collector asked to retry.");
                     metrics::counter!("tollstream_agent_ship_retries_total", "reason" => "status")
                         .increment(1);
                     delay
                 }
-                Ok((Verdict::Permanent, status)) => {
-                    error!(source = %batch.source, stream = %batch.stream, %status, retry_in = ?PERMANENT_RETRY, "Collector refused the batch; this flow is paused until the cause is fixed. The data waits in the log file.");
-                    metrics::counter!("tollstream_agent_ship_retries_total", "reason" => "refused")
-                        .increment(1);
-                    PERMANENT_RETRY
-                }
+                Ok((Verdict::Permanent | Verdict::TooLarge, status)) => self.refused(batch, status),
                 Err(error) => {
                     let delay = self.backoff.delay(attempt);
-                    warn!(source = %batch.source, error = %error_chain(&error), retry_in = ?delay, "Could not reach the collector.");
+                    let error = error_chain(&error);
+                    warn!(source = %batch.source, %error, retry_in = ?delay, "Could not reach the collector.");
+                    self.health.unreachable(error);
                     metrics::counter!("tollstream_agent_ship_retries_total", "reason" => "network")
                         .increment(1);
                     delay
@@ -215,6 +255,33 @@ impl Shipper {
                 () = self.shutdown.cancelled() => return Err(ShipError::ShuttingDown),
             }
         }
+    }
+
+    /// A refusal that retrying soon cannot fix: pause the flow loudly.
+    fn refused(&self, batch: &Batch, status: StatusCode) -> Duration {
+        error!(source = %batch.source, stream = %batch.stream, %status, retry_in = ?PERMANENT_RETRY, "Collector refused the batch; this flow is paused until the cause is fixed. The data waits in the log file.");
+        metrics::counter!("tollstream_agent_ship_retries_total", "reason" => "refused")
+            .increment(1);
+        self.health.refused(&batch.source, status.to_string());
+        PERMANENT_RETRY
+    }
+
+    /// Encodes and delivers a batch the shipper cut itself.
+    fn deliver_encoded(&self, batch: Batch) -> Delivery<'_> {
+        Box::pin(async move {
+            let level = self.gzip_level;
+            let body = if level > 0 {
+                let data = batch.clone();
+                tokio::task::spawn_blocking(move || data.encode(level))
+                    .await
+                    .ok()
+            } else {
+                None
+            };
+            let gzip = body.is_some();
+            let body = body.unwrap_or_else(|| batch.data.clone());
+            self.deliver(&batch, &body, gzip).await
+        })
     }
 
     async fn post(
@@ -286,6 +353,10 @@ mod tests {
             Verdict::Permanent
         );
         assert_eq!(classify(StatusCode::UNAUTHORIZED, None), Verdict::Permanent);
+        assert_eq!(
+            classify(StatusCode::PAYLOAD_TOO_LARGE, None),
+            Verdict::TooLarge
+        );
         assert_eq!(classify(StatusCode::NOT_FOUND, None), Verdict::Permanent);
     }
 

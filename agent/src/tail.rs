@@ -388,6 +388,7 @@ impl Tailer {
         let mut size = self.start;
         // Where the search for the end of a long line at an offset stopped.
         let mut long_line: Option<(u64, u64)> = None;
+        let mut acked_to = self.start;
         debug!(path = %self.path.display(), source = %self.source, offset = self.start, "Tailing.");
         let end = loop {
             if self.shutdown.is_cancelled() {
@@ -405,6 +406,9 @@ impl Tailer {
                     search_from: long_line.filter(|l| l.0 == offset).map(|l| l.1),
                 };
                 let read = self.read(offset, room).await?;
+                if read.size != size {
+                    self.report_lag(read.size.saturating_sub(acked_to));
+                }
                 size = read.size;
                 long_line = read.searched_to.map(|to| (offset, to));
                 if read.replaced {
@@ -469,7 +473,10 @@ impl Tailer {
                     let (result, done) = ack;
                     in_flight = None;
                     match result {
-                        Ok(()) => self.acked(done, size),
+                        Ok(()) => {
+                            acked_to = done.offset;
+                            self.acked(done, size);
+                        }
                         Err(_) => break TailEnd::Shutdown,
                     }
                 }
@@ -555,7 +562,13 @@ impl Tailer {
             .map_err(std::io::Error::other)?
     }
 
+    fn report_lag(&self, lag: u64) {
+        metrics::gauge!("tollstream_agent_file_lag_bytes", "path" => self.path.display().to_string())
+            .set(lag as f64);
+    }
+
     fn acked(&self, done: Ack, size: u64) {
+        self.report_lag(size.saturating_sub(done.offset));
         let at = self.clock.now().to_string();
         self.checkpoints
             .lock()

@@ -1,10 +1,11 @@
 //! The agent against a collector that refuses at first: every line still arrives, once and
-//! in order, after the retries the collector asked for.
+//! in order, after the retries, splits and pauses the collector's answers ask for.
 //!
-//! The "collector" here is a small HTTP server in the test that answers 503, 429 and then
-//! 200, so the test controls exactly which attempts fail.
+//! The "collector" here is a small HTTP server in the test whose answers a policy decides,
+//! so the test controls exactly which attempts fail and how.
 
 use std::io::{Read, Write};
+use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -12,11 +13,15 @@ use std::time::Duration;
 use axum::Router;
 use axum::body::Bytes;
 use axum::http::{HeaderMap, StatusCode};
-use axum::response::IntoResponse;
+use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use tokio_util::sync::CancellationToken;
 use tollstream_agent::clock::SystemClock;
 use tollstream_agent::config::Config;
+
+/// Decides the answer to attempt number `n` (1-based) of a batch of `records` lines; `None`
+/// accepts it.
+type Policy = Box<dyn Fn(usize, usize) -> Option<Response> + Send + Sync>;
 
 #[derive(Default)]
 struct Sink {
@@ -25,39 +30,98 @@ struct Sink {
     accepted: Vec<(u64, u64, Vec<u8>)>,
 }
 
-/// Fails the first three requests with 503 (one with `Retry-After: 1`) and the next two with
-/// 429, then accepts.
-async fn records(sink: Arc<Mutex<Sink>>, headers: HeaderMap, body: Bytes) -> impl IntoResponse {
+impl Sink {
+    fn delivered(&self) -> u64 {
+        self.accepted.iter().map(|(s, e, _)| e - s).sum()
+    }
+}
+
+async fn records(
+    sink: Arc<Mutex<Sink>>,
+    policy: Arc<Policy>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let mut lines = Vec::new();
+    flate2::read::GzDecoder::new(&body[..])
+        .read_to_end(&mut lines)
+        .expect("gzip body");
+    let records = lines.iter().filter(|&&b| b == b'\n').count();
     let mut sink = sink.lock().expect("lock");
     sink.attempts += 1;
-    match sink.attempts {
-        1 => {
-            return (
-                StatusCode::SERVICE_UNAVAILABLE,
-                [("retry-after", "1")],
-                "busy",
-            )
-                .into_response();
-        }
-        2 | 3 => return (StatusCode::SERVICE_UNAVAILABLE, "busy").into_response(),
-        4 | 5 => return (StatusCode::TOO_MANY_REQUESTS, "slow down").into_response(),
-        _ => {}
+    if let Some(refusal) = policy(sink.attempts, records) {
+        return refusal;
     }
     let range = headers
         .get("x-tollstream-range")
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
     let (start, end) = range.split_once('-').expect("range header");
-    let mut lines = Vec::new();
-    flate2::read::GzDecoder::new(&body[..])
-        .read_to_end(&mut lines)
-        .expect("gzip body");
     sink.accepted.push((
         start.parse().expect("start"),
         end.parse().expect("end"),
         lines,
     ));
     (StatusCode::OK, "{}").into_response()
+}
+
+/// A running agent tailing one file of `lines` lines into a test collector.
+struct Run {
+    dir: tempfile::TempDir,
+    sink: Arc<Mutex<Sink>>,
+    written: String,
+    metrics_addr: SocketAddr,
+    shutdown: CancellationToken,
+    agent: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+async fn start(lines: usize, policy: Policy) -> Run {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::create_dir(dir.path().join("logs")).expect("logs");
+    let mut file = std::fs::File::create(dir.path().join("logs/a.log")).expect("log");
+    let written: String = (0..lines)
+        .map(|i| format!("line {i:05},some,fields\n"))
+        .collect();
+    file.write_all(written.as_bytes()).expect("write");
+
+    let sink = Arc::new(Mutex::new(Sink::default()));
+    let (state, policy) = (sink.clone(), Arc::new(policy));
+    let app = Router::new().route(
+        "/v1/streams/{stream}/records",
+        post(move |headers: HeaderMap, body: Bytes| {
+            records(state.clone(), policy.clone(), headers, body)
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+
+    let config = agent_config(dir.path(), port);
+    let metrics_listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let metrics_addr = metrics_listener.local_addr().expect("addr");
+    let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
+        .build_recorder()
+        .handle();
+    let shutdown = CancellationToken::new();
+    let agent = tokio::spawn(tollstream_agent::run(
+        config,
+        Some(metrics_listener),
+        metrics,
+        Arc::new(SystemClock),
+        shutdown.clone(),
+    ));
+    Run {
+        dir,
+        sink,
+        written,
+        metrics_addr,
+        shutdown,
+        agent,
+    }
 }
 
 fn agent_config(dir: &Path, port: u16) -> Config {
@@ -71,91 +135,139 @@ fn agent_config(dir: &Path, port: u16) -> Config {
     Config::load(&path).expect("valid config")
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_line_arrives_once_in_order_after_503_and_429() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    std::fs::create_dir(dir.path().join("logs")).expect("logs");
-    let mut file = std::fs::File::create(dir.path().join("logs/a.log")).expect("log");
-    let written: String = (0..5000)
-        .map(|i| format!("line {i:05},some,fields\n"))
-        .collect();
-    file.write_all(written.as_bytes()).expect("write");
-
-    let sink = Arc::new(Mutex::new(Sink::default()));
-    let state = sink.clone();
-    let app = Router::new().route(
-        "/v1/streams/{stream}/records",
-        post(move |headers: HeaderMap, body: Bytes| records(state.clone(), headers, body)),
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let port = listener.local_addr().expect("addr").port();
-    tokio::spawn(async move { axum::serve(listener, app).await });
-
-    let config = agent_config(dir.path(), port);
-    let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
-        .build_recorder()
-        .handle();
-    let shutdown = CancellationToken::new();
-    let agent = tokio::spawn(tollstream_agent::run(
-        config,
-        None,
-        metrics,
-        Arc::new(SystemClock),
-        shutdown.clone(),
-    ));
-
-    let total = written.len() as u64;
-    let delivered = || {
-        sink.lock()
-            .expect("lock")
-            .accepted
-            .iter()
-            .map(|(s, e, _)| e - s)
-            .sum::<u64>()
-    };
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    while delivered() < total {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "only {} of {total} bytes arrived",
-            delivered()
-        );
+/// Polls `check` every 20 ms until it holds, failing after `limit`.
+async fn wait_until(what: &str, limit: Duration, mut check: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + limit;
+    while !check() {
+        assert!(tokio::time::Instant::now() < deadline, "timed out: {what}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    shutdown.cancel();
-    agent
-        .await
-        .expect("agent task")
-        .expect("agent exits cleanly");
+}
 
-    let sink = sink.lock().expect("lock");
+async fn readyz(addr: SocketAddr) -> (u16, String) {
+    let response = reqwest::get(format!("http://{addr}/readyz"))
+        .await
+        .expect("readyz answers");
+    let status = response.status().as_u16();
+    (status, response.text().await.unwrap_or_default())
+}
+
+impl Run {
+    /// Waits for every byte, stops the agent, and checks that the batches arrived in
+    /// order, without gaps or overlap, byte for byte, and the checkpoint is at the end.
+    async fn finish(self) -> Sink {
+        let total = self.written.len() as u64;
+        let sink = self.sink.clone();
+        wait_until("every byte delivered", Duration::from_secs(60), || {
+            sink.lock().expect("lock").delivered() >= total
+        })
+        .await;
+        self.shutdown.cancel();
+        self.agent
+            .await
+            .expect("agent task")
+            .expect("agent exits cleanly");
+        let sink = std::mem::take(&mut *self.sink.lock().expect("lock"));
+        let mut offset = 0;
+        let mut received = Vec::new();
+        for (start, end, lines) in &sink.accepted {
+            assert_eq!(
+                *start, offset,
+                "batches of one file arrive in order, without gaps or overlap"
+            );
+            assert_eq!(lines.len() as u64, end - start);
+            received.extend_from_slice(lines);
+            offset = *end;
+        }
+        assert_eq!(
+            String::from_utf8_lossy(&received),
+            self.written,
+            "every line once, byte for byte"
+        );
+        let checkpoint = std::fs::read_to_string(self.dir.path().join("state/checkpoints.json"))
+            .expect("checkpoint");
+        assert!(
+            checkpoint.contains(&format!("\"offset\": {total}")),
+            "checkpoint at the end: {checkpoint}"
+        );
+        sink
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_line_arrives_once_in_order_after_503_and_429() {
+    // Three 503s (one with Retry-After: 1), two 429s, then acceptance.
+    let policy: Policy = Box::new(|attempt, _| match attempt {
+        1 => Some(
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                [("retry-after", "1")],
+                "busy",
+            )
+                .into_response(),
+        ),
+        2 | 3 => Some((StatusCode::SERVICE_UNAVAILABLE, "busy").into_response()),
+        4 | 5 => Some((StatusCode::TOO_MANY_REQUESTS, "slow down").into_response()),
+        _ => None,
+    });
+    let sink = start(5000, policy).await.finish().await;
     assert!(
         sink.attempts >= 6,
         "five refusals, then successes ({} attempts)",
         sink.attempts
     );
-    let mut offset = 0;
-    let mut received = Vec::new();
-    for (start, end, lines) in &sink.accepted {
-        assert_eq!(
-            *start, offset,
-            "batches of one file arrive in order, without gaps or overlap"
-        );
-        assert_eq!(lines.len() as u64, end - start);
-        received.extend_from_slice(lines);
-        offset = *end;
-    }
-    assert_eq!(
-        String::from_utf8_lossy(&received),
-        written,
-        "every line once, byte for byte"
-    );
-    let checkpoint =
-        std::fs::read_to_string(dir.path().join("state/checkpoints.json")).expect("checkpoint");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_the_collector_finds_too_large_is_split_until_it_fits() {
+    // Batches are cut at 700 lines; the collector takes at most 200.
+    let policy: Policy = Box::new(|_, records| {
+        (records > 200).then(|| (StatusCode::PAYLOAD_TOO_LARGE, "too large").into_response())
+    });
+    let sink = start(3000, policy).await.finish().await;
     assert!(
-        checkpoint.contains(&format!("\"offset\": {total}")),
-        "checkpoint at the end: {checkpoint}"
+        sink.accepted
+            .iter()
+            .all(|(_, _, l)| l.iter().filter(|&&b| b == b'\n').count() <= 200)
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_flow_makes_the_agent_not_ready_until_the_collector_accepts_it() {
+    let refuse = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let switch = refuse.clone();
+    let policy: Policy = Box::new(move |_, _| {
+        switch
+            .load(std::sync::atomic::Ordering::SeqCst)
+            .then(|| (StatusCode::UNAUTHORIZED, "wrong token").into_response())
+    });
+    let run = start(100, policy).await;
+    let addr = run.metrics_addr;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let body = loop {
+        let (status, body) = readyz(addr).await;
+        if status == 503 {
+            break body;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never unready: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(body.contains("401") && body.contains("paused"), "{body}");
+    assert_eq!(
+        run.sink.lock().expect("lock").delivered(),
+        0,
+        "nothing taken"
+    );
+    // The operator fixes the token: the slow retry (every 30 s) delivers everything.
+    refuse.store(false, std::sync::atomic::Ordering::SeqCst);
+    let sink = run.sink.clone();
+    wait_until("delivery after the fix", Duration::from_secs(60), || {
+        sink.lock().expect("lock").delivered() > 0
+    })
+    .await;
+    assert_eq!(readyz(addr).await.0, 200);
+    run.finish().await;
 }
