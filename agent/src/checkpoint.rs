@@ -97,6 +97,9 @@ pub struct Checkpoints {
     dirty: bool,
     /// The file on disk was damaged and set aside at load.
     damaged: bool,
+    /// Wakes the checkpointer to write at once: a new source must be on disk before its
+    /// file can be copied or rotated away under a crashed agent, or the copy would look new.
+    urgent: Arc<tokio::sync::Notify>,
 }
 
 /// What an acknowledgement moves.
@@ -150,9 +153,11 @@ impl Checkpoints {
         self.files.get(key)
     }
 
-    /// Sets a file's entry.
+    /// Sets a file's entry; a new one is written to disk at once.
     pub fn set(&mut self, key: &str, entry: Entry) {
-        self.files.insert(key.to_owned(), entry);
+        if self.files.insert(key.to_owned(), entry).is_none() {
+            self.urgent.notify_one();
+        }
         self.dirty = true;
     }
 
@@ -160,6 +165,10 @@ impl Checkpoints {
     /// (offsets never move backwards).
     pub fn acked(&mut self, key: &str, ack: Ack, at: &str) {
         if let Some(entry) = self.files.get_mut(key) {
+            if entry.acked_at.is_none() {
+                // A source's first ack is written at once too (see `urgent`).
+                self.urgent.notify_one();
+            }
             if ack.offset >= entry.offset {
                 entry.offset = ack.offset;
                 entry.tail_crc = ack.tail_crc;
@@ -324,7 +333,7 @@ pub fn load(dir: &Path, clock: &dyn Clock) -> Result<Checkpoints, CheckpointErro
         return Ok(Checkpoints {
             files,
             dirty: true,
-            damaged: false,
+            ..Checkpoints::default()
         });
     }
     let bytes = match std::fs::read(&main) {
@@ -419,9 +428,16 @@ impl Checkpointer {
     pub async fn run(self, stop: CancellationToken) {
         let mut tick = tokio::time::interval(self.interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let urgent = self
+            .checkpoints
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .urgent
+            .clone();
         loop {
             let stopping = tokio::select! {
                 _ = tick.tick() => false,
+                () = urgent.notified() => false,
                 () = stop.cancelled() => true,
             };
             self.persist().await;

@@ -40,8 +40,8 @@ pub struct Discoverer {
     ship: mpsc::Sender<ShipRequest>,
     clock: Arc<dyn Clock>,
     shutdown: CancellationToken,
-    /// Followed files: path and source key.
-    active: HashMap<FileId, (PathBuf, String)>,
+    /// Followed files: path, source key and the tailer's open file.
+    active: HashMap<FileId, (PathBuf, String, Arc<File>)>,
     /// The file each followed source is read from.
     followed_keys: HashMap<String, FileId>,
     /// Files held back as copies of a followed source (its key).
@@ -188,7 +188,7 @@ impl Discoverer {
 
     /// Forgets a followed file; its source's state records when it was last followed.
     fn unfollow(&mut self, id: FileId) {
-        if let Some((_, key)) = self.active.remove(&id) {
+        if let Some((_, key, _)) = self.active.remove(&id) {
             metrics::gauge!("tollstream_agent_files_followed").set(self.active.len() as f64);
             self.followed_keys.remove(&key);
             let now = self.clock.now().to_string();
@@ -400,21 +400,23 @@ impl Discoverer {
             .and_then(|(key, e)| Some((key.clone(), e.copy_of.clone()?)))
     }
 
-    /// Whether `found` holds the same bytes as the followed file `live`; `None` while it
-    /// has nothing beyond the shared first line to compare.
+    /// Whether `found` holds the same bytes as the followed file `live` (read through the
+    /// tailer's own descriptor, wherever the file has moved); `None` while that cannot be
+    /// told: nothing beyond the shared first line to compare yet, or the followed file no
+    /// longer starts with its first line (truncated, e.g. by `copytruncate`: its tailer is
+    /// about to end, and then `found` may continue its source).
     fn copy_of_live(&self, found: &Found, live: FileId) -> Option<bool> {
-        let (path, _) = self.active.get(&live)?;
-        let other = File::open(path).ok()?;
+        let (_, _, other) = self.active.get(&live)?;
         let meta = other.metadata().ok()?;
-        if FileId::of(&meta) != live {
-            return Some(false);
+        if fingerprint(other).ok().flatten() != Some(found.fingerprint) {
+            return None;
         }
         let len = found.size.min(meta.len());
         let head = found.fingerprint.len as u64;
         if len <= head {
             return None;
         }
-        same_bytes_before(&found.file, &other, len, head).ok()
+        same_bytes_before(&found.file, other, len, head).ok()
     }
 
     /// Records `found` as a copy of the followed source `key`, not to be read while that
@@ -509,10 +511,11 @@ impl Discoverer {
                 entry.seen_at = Some(self.clock.now().to_string());
             }
         }
+        let file = Arc::new(found.file);
         let tailer = Tailer {
             stream: flow.stream.clone(),
             path: found.path.clone(),
-            file: Arc::new(found.file),
+            file: file.clone(),
             id: found.id,
             fingerprint: found.fingerprint,
             source: format!("{}/{key}", self.config.agent_id()),
@@ -531,7 +534,7 @@ impl Discoverer {
         };
         info!(path = %found.path.display(), source = %tailer.source, offset = start, size = found.size, "Following file.");
         self.active
-            .insert(found.id, (found.path.clone(), key.clone()));
+            .insert(found.id, (found.path.clone(), key.clone(), file));
         self.followed_keys.insert(key, found.id);
         metrics::gauge!("tollstream_agent_files_followed").set(self.active.len() as f64);
         let (id, path) = (found.id, found.path.clone());

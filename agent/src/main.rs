@@ -90,6 +90,9 @@ fn serve(config: Config) -> anyhow::Result<()> {
         .build()
         .context("starting the async runtime")?;
     runtime.block_on(async move {
+        // Handlers first, so a SIGTERM during start-up is a clean stop, not a kill.
+        let shutdown = CancellationToken::new();
+        tokio::spawn(wait_for_signal(signals(), shutdown.clone()));
         let metrics_listener = match config.metrics_listen {
             Some(addr) => Some(
                 tokio::net::TcpListener::bind(addr)
@@ -99,8 +102,6 @@ fn serve(config: Config) -> anyhow::Result<()> {
             None => None,
         };
         let handle = tollstream_agent::metrics::install()?;
-        let shutdown = CancellationToken::new();
-        tokio::spawn(wait_for_signal(shutdown.clone()));
         tollstream_agent::run(
             config,
             metrics_listener,
@@ -112,13 +113,20 @@ fn serve(config: Config) -> anyhow::Result<()> {
     })
 }
 
-/// Cancels `token` on SIGTERM or SIGINT.
-async fn wait_for_signal(token: CancellationToken) {
+type Signals = (tokio::signal::unix::Signal, tokio::signal::unix::Signal);
+
+/// Installs the SIGTERM and SIGINT handlers.
+fn signals() -> Option<Signals> {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
+    Some((
+        signal(SignalKind::terminate()).ok()?,
+        signal(SignalKind::interrupt()).ok()?,
+    ))
+}
+
+/// Cancels `token` on SIGTERM or SIGINT.
+async fn wait_for_signal(signals: Option<Signals>, token: CancellationToken) {
+    let Some((mut term, mut int)) = signals else {
         tracing::warn!("Could not install signal handlers; stop with SIGKILL.");
         return;
     };

@@ -389,13 +389,22 @@ impl Tailer {
         // Where the search for the end of a long line at an offset stopped.
         let mut long_line: Option<(u64, u64)> = None;
         let mut acked_to = self.start;
+        // (size, mtime) when the last read found nothing new, and polls since.
+        let mut idle_at: Option<(u64, std::time::SystemTime)> = None;
+        let mut idle_polls = 0u32;
         debug!(path = %self.path.display(), source = %self.source, offset = self.start, "Tailing.");
         let end = loop {
             if self.shutdown.is_cancelled() {
                 break TailEnd::Shutdown;
             }
             let (mut eof, mut blocked) = (false, false);
-            if !pending.is_full(&self.limits) {
+            // A file at its end whose size and modification time did not change since is
+            // not read again: an idle file costs one fstat per poll.
+            let stat = stat_of(&self.file);
+            if !pending.is_full(&self.limits) && stat.is_some() && stat == idle_at {
+                eof = true;
+            } else if !pending.is_full(&self.limits) {
+                idle_at = None;
                 let offset = pending.next_offset();
                 let (records, bytes) = pending.room(&self.limits);
                 let room = Room {
@@ -429,10 +438,12 @@ impl Tailer {
                         pending.push(&read.data, read.lines, read.end, Instant::now());
                     }
                     quiet_since = Instant::now();
+                    idle_polls = 0;
                 } else if read.size > offset && !pending.is_empty() {
                     blocked = true; // The next line does not fit: send what we have.
                 } else {
                     eof = true;
+                    idle_at = stat;
                 }
             }
             let due = blocked || pending.is_due(&self.limits, Instant::now());
@@ -480,8 +491,10 @@ impl Tailer {
                         Err(_) => break TailEnd::Shutdown,
                     }
                 }
-                () = self.wake.notified(), if eof => {}
-                () = tokio::time::sleep(self.poll_interval), if eof => {}
+                () = self.wake.notified(), if eof => idle_polls = 0,
+                () = tokio::time::sleep(idle_backoff(self.poll_interval, idle_polls)), if eof => {
+                    idle_polls = idle_polls.saturating_add(1);
+                }
                 () = sleep_until(deadline) => {}
                 () = self.shutdown.cancelled() => {}
             }
@@ -599,6 +612,19 @@ async fn wait_ack(in_flight: &mut Option<InFlight>) -> (Result<(), ShipError>, A
         Some((answer, done)) => (answer.await.unwrap_or(Err(ShipError::ShuttingDown)), *done),
         None => std::future::pending().await,
     }
+}
+
+/// Size and modification time of an open file.
+fn stat_of(file: &File) -> Option<(u64, std::time::SystemTime)> {
+    let meta = file.metadata().ok()?;
+    Some((meta.len(), meta.modified().ok()?))
+}
+
+/// The poll interval of a file idle for `polls` polls: doubling from `poll_interval` up to
+/// 8 times it (2 s by default). File events wake a tailer at once, so polling only bounds
+/// the latency where events are missed (NFS, overlay file systems, a full event queue).
+fn idle_backoff(poll_interval: Duration, polls: u32) -> Duration {
+    poll_interval.saturating_mul(1 << polls.min(3))
 }
 
 async fn sleep_until(deadline: Option<Instant>) {

@@ -96,6 +96,8 @@ pub struct Daemon {
     log: PathBuf,
     child: Option<Child>,
     starts: u32,
+    /// Length of the log when the latest start began.
+    log_mark: u64,
 }
 
 impl Daemon {
@@ -108,6 +110,7 @@ impl Daemon {
             log,
             child: None,
             starts: 0,
+            log_mark: 0,
         }
     }
 
@@ -120,6 +123,7 @@ impl Daemon {
             bail!("{} is already running", self.name);
         }
         let log = File::options().create(true).append(true).open(&self.log)?;
+        self.log_mark = log.metadata()?.len();
         let child = Command::new(&self.bin)
             .arg("--config")
             .arg(&self.config)
@@ -201,6 +205,24 @@ impl Daemon {
             self.name,
             self.log.display(),
             all[from..].join("\n")
+        )
+    }
+
+    /// Waits until the latest start has logged `needle`, e.g. "Agent started.".
+    ///
+    /// # Errors
+    /// When it does not appear within `timeout`.
+    pub fn wait_started(&self, needle: &str, timeout: Duration) -> anyhow::Result<()> {
+        let mark = usize::try_from(self.log_mark).unwrap_or(usize::MAX);
+        wait_for(
+            &format!("{} to log {needle:?} since its latest start", self.name),
+            timeout,
+            || {
+                std::fs::read(&self.log).is_ok_and(|text| {
+                    text.get(mark..)
+                        .is_some_and(|new| String::from_utf8_lossy(new).contains(needle))
+                })
+            },
         )
     }
 

@@ -5,4 +5,5 @@
 
 mod files;
 mod fixture;
+mod model;
 mod pipeline;
