@@ -504,11 +504,15 @@ impl Discoverer {
         let wake = Arc::new(Notify::new());
         self.wakes.insert(found.path.clone(), wake.clone());
         self.followed.insert(found.path.clone(), found.id);
+        let mut start_check = (0, 0);
         {
             let mut checkpoints = self.checkpoints.lock().unwrap_or_else(|p| p.into_inner());
             if let Some(entry) = checkpoints.get_mut(&key) {
                 entry.path = found.path.clone();
                 entry.seen_at = Some(self.clock.now().to_string());
+                if entry.offset == start {
+                    start_check = (entry.tail_crc, entry.tail_len);
+                }
             }
         }
         let file = Arc::new(found.file);
@@ -521,6 +525,7 @@ impl Discoverer {
             source: format!("{}/{key}", self.config.agent_id()),
             key: key.clone(),
             start,
+            start_check,
             limits: flow.batch.clone(),
             max_line_bytes: flow.max_line_bytes,
             gzip_level: self.config.collector.gzip_level,

@@ -206,6 +206,8 @@ struct Room {
     alone: bool,
     /// Where an earlier search for the end of a long line at this offset stopped.
     search_from: Option<u64>,
+    /// CRC-32 and length of the bytes just before the offset, as last read.
+    before: (u32, u32),
 }
 
 /// Reads whole lines at `offset`, at most `room.bytes` (more for a single longer line up
@@ -214,8 +216,11 @@ struct Room {
 fn read_lines(file: &File, expect: Fingerprint, offset: u64, room: Room) -> std::io::Result<Read> {
     let size = file.metadata()?.len();
     // A file truncated and written again past our offset between two reads is only
-    // recognisable by its first line.
-    if size < offset || !starts_as(file, expect)? {
+    // recognisable by its first line, or by the bytes before the offset.
+    if size < offset
+        || !starts_as(file, expect)?
+        || !bytes_before_match(file, offset, room.before.1, room.before.0)?
+    {
         return Ok(Read {
             replaced: true,
             ..Read::nothing(size, offset)
@@ -342,6 +347,8 @@ pub struct Tailer {
     pub source: String,
     /// Offset to start reading at.
     pub start: u64,
+    /// CRC-32 and length of the bytes just before `start` (length 0: none to check).
+    pub start_check: (u32, u32),
     /// Batch limits.
     pub limits: BatchConfig,
     /// Longer lines are cut to this many bytes.
@@ -389,6 +396,7 @@ impl Tailer {
         // Where the search for the end of a long line at an offset stopped.
         let mut long_line: Option<(u64, u64)> = None;
         let mut acked_to = self.start;
+        let mut before = self.start_check;
         // (size, mtime) when the last read found nothing new, and polls since.
         let mut idle_at: Option<(u64, std::time::SystemTime)> = None;
         let mut idle_polls = 0u32;
@@ -413,6 +421,7 @@ impl Tailer {
                     max_line: self.max_line_bytes,
                     alone: pending.is_empty(),
                     search_from: long_line.filter(|l| l.0 == offset).map(|l| l.1),
+                    before,
                 };
                 let read = self.read(offset, room).await?;
                 if read.size != size {
@@ -430,6 +439,11 @@ impl Tailer {
                         .increment(read.lines as u64);
                     metrics::counter!("tollstream_agent_read_bytes_total")
                         .increment(read.end - offset);
+                    before = if read.cut {
+                        (0, 0)
+                    } else {
+                        tail_check(&read.data)
+                    };
                     if read.cut {
                         warn!(path = %self.path.display(), offset, bytes = read.end - offset, max_line_bytes = self.max_line_bytes, "Line longer than max_line_bytes: sending it cut, with a marker.");
                         metrics::counter!("tollstream_agent_long_lines_total").increment(1);
@@ -646,6 +660,7 @@ mod tests {
             max_line: 1 << 20,
             alone: true,
             search_from: None,
+            before: (0, 0),
         }
     }
 

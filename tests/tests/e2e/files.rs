@@ -165,3 +165,79 @@ fn status_commands_report_where_each_file_and_stage_stands() -> anyhow::Result<(
     pipeline.stop()?;
     Ok(())
 }
+
+#[test]
+fn a_file_rewritten_with_the_same_first_line_is_noticed_by_the_bytes_before_the_offset()
+-> anyhow::Result<()> {
+    let mut pipeline = Pipeline::start()?;
+    let path = pipeline.dir.path().join("logs").join("booth.log");
+    let lines: Vec<String> = (0..2000).map(line).collect();
+    std::fs::write(&path, lines[..1000].concat())?;
+    pipeline.wait_loaded(1000, 0)?;
+    // Rewritten in place: same first line, then other lines, longer than before. Only the
+    // check of the bytes before the offset tells this from an append.
+    let rewritten = [&lines[..1], &lines[1000..]].concat().concat();
+    std::fs::write(&path, rewritten)?;
+    pipeline.wait_loaded(2000, 0)?;
+    pipeline.stop()?;
+    let warehouse = pipeline.warehouse()?;
+    assert_eq!(
+        warehouse.count("SELECT COUNT(*) FROM toll_transactions")?,
+        2000
+    );
+    assert_eq!(
+        warehouse.count("SELECT SUM(duplicates) FROM loads")?,
+        1,
+        "only the shared first line reached the loader twice (the natural key dropped it)"
+    );
+    assert_eq!(warehouse.count("SELECT COUNT(*) FROM rejected_records")?, 0);
+    Ok(())
+}
+
+#[test]
+fn long_lines_are_cut_and_counted_crlf_loads_and_invalid_utf8_is_rejected_not_lost()
+-> anyhow::Result<()> {
+    let mut pipeline = Pipeline::start()?;
+    let path = pipeline.dir.path().join("logs").join("booth.log");
+    let mut bytes = Vec::new();
+    bytes.extend_from_slice(line(0).as_bytes());
+    // 3 MiB without a newline, written in pieces, then its end: over max_line_bytes (1 MiB).
+    let long = vec![b'x'; 3 << 20];
+    bytes.extend_from_slice(&long[..1 << 20]);
+    std::fs::write(&path, &bytes)?;
+    let mut rest = long[1 << 20..].to_vec();
+    rest.push(b'\n');
+    rest.extend_from_slice(line(1).trim_end().as_bytes());
+    rest.extend_from_slice(b"\r\n"); // CRLF
+    rest.extend_from_slice(b"2026-11-25T14:03:27.512-03:00,\xff\xfe-not-utf8,PLZ-001\n");
+    rest.extend_from_slice(line(2).as_bytes());
+    append_bytes(&path, &rest)?;
+    pipeline.wait_loaded(3, 2)?;
+    pipeline.stop()?;
+    let warehouse = pipeline.warehouse()?;
+    assert_eq!(
+        warehouse.count("SELECT COUNT(*) FROM toll_transactions")?,
+        3
+    );
+    let rejected =
+        warehouse.pairs("SELECT reason, line FROM rejected_records ORDER BY source_offset")?;
+    assert_eq!(rejected.len(), 2, "{rejected:?}");
+    let (_, cut) = &rejected[0];
+    assert!(
+        cut.len() < (1 << 20) + 200
+            && cut.ends_with(
+                "[cut by tollstream-agent: line of 3145729 bytes, max_line_bytes is 1048576]"
+            ),
+        "cut line ends with its marker: …{}",
+        &cut[cut.len().saturating_sub(100)..]
+    );
+    assert!(rejected[1].0.contains("UTF-8"), "{:?}", rejected[1].0);
+    Ok(())
+}
+
+fn append_bytes(path: &std::path::Path, bytes: &[u8]) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut file = std::fs::OpenOptions::new().append(true).open(path)?;
+    file.write_all(bytes)?;
+    Ok(())
+}
