@@ -108,12 +108,18 @@ impl Discoverer {
     /// Scans, watches and restarts tailers until shutdown; then waits for every tailer.
     pub async fn run(mut self) {
         let (event_tx, mut events) = mpsc::channel(EVENT_QUEUE);
-        let _watcher = self.watch(event_tx);
+        let (mut watcher, mut unwatched) = self.watch(event_tx);
         let mut rescan = tokio::time::interval(self.config.rescan_interval);
         rescan.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
-                _ = rescan.tick() => self.scan(),
+                _ = rescan.tick() => {
+                    // Directories that did not exist yet may have been created since.
+                    if let Some(watcher) = watcher.as_mut() {
+                        unwatched.retain(|(dir, mode)| watcher.watch(dir, *mode).is_err());
+                    }
+                    self.scan();
+                }
                 Some(event) = events.recv() => self.on_event(event),
                 Some(done) = self.tasks.join_next_with_id(), if !self.tasks.is_empty() => {
                     if self.finished(done) {
@@ -131,7 +137,14 @@ impl Discoverer {
 
     /// Starts watching each glob's fixed base directory; `None` if the platform refuses
     /// (polling still works).
-    fn watch(&self, events: mpsc::Sender<notify::Event>) -> Option<notify::RecommendedWatcher> {
+    /// Also returns the directories that cannot be watched yet (retried at each rescan).
+    fn watch(
+        &self,
+        events: mpsc::Sender<notify::Event>,
+    ) -> (
+        Option<notify::RecommendedWatcher>,
+        Vec<(PathBuf, RecursiveMode)>,
+    ) {
         let handler = move |result: notify::Result<notify::Event>| {
             if let Ok(event) = result {
                 let _ = events.try_send(event); // Full queue: the periodic rescan covers it.
@@ -141,9 +154,10 @@ impl Discoverer {
             Ok(w) => w,
             Err(error) => {
                 warn!(%error, "File events unavailable; relying on polling.");
-                return None;
+                return (None, Vec::new());
             }
         };
+        let mut unwatched = Vec::new();
         for flow in &self.config.flows {
             for pattern in &flow.paths {
                 let (base, recursive) = glob_base(pattern);
@@ -153,11 +167,12 @@ impl Discoverer {
                     RecursiveMode::NonRecursive
                 };
                 if let Err(error) = watcher.watch(&base, mode) {
-                    warn!(dir = %base.display(), %error, "Cannot watch directory; its files are found by rescans.");
+                    warn!(dir = %base.display(), %error, "Cannot watch directory yet; its files are found by rescans, and watching is retried at each.");
+                    unwatched.push((base, mode));
                 }
             }
         }
-        Some(watcher)
+        (Some(watcher), unwatched)
     }
 
     fn on_event(&mut self, event: notify::Event) {
@@ -720,12 +735,16 @@ impl Matcher {
     }
 }
 
-/// The directory part of a glob before its first wildcard, and whether it recurses.
+/// The directory part of a glob before its first wildcard, and whether events must be
+/// watched below it too (`**`, or a wildcard in a directory component).
 fn glob_base(pattern: &str) -> (PathBuf, bool) {
     let mut base = PathBuf::new();
-    for component in Path::new(pattern).components() {
+    let components: Vec<_> = Path::new(pattern).components().collect();
+    let mut recursive = false;
+    for (i, component) in components.iter().enumerate() {
         let text = component.as_os_str().to_string_lossy();
         if text.contains(['*', '?', '[', '{']) {
+            recursive = i + 1 < components.len();
             break;
         }
         base.push(component);
@@ -733,7 +752,7 @@ fn glob_base(pattern: &str) -> (PathBuf, bool) {
     if base.as_os_str() == pattern {
         base.pop(); // A plain file path: watch its directory.
     }
-    (base, pattern.contains("**"))
+    (base, recursive || pattern.contains("**"))
 }
 
 #[cfg(test)]
@@ -753,6 +772,11 @@ mod tests {
         assert_eq!(
             glob_base("/var/log/toll/a.log"),
             (PathBuf::from("/var/log/toll"), false)
+        );
+        assert_eq!(
+            glob_base("/var/log/toll/*/booth.log"),
+            (PathBuf::from("/var/log/toll"), true),
+            "a wildcard directory needs events from below it"
         );
     }
 }

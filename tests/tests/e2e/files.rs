@@ -241,3 +241,37 @@ fn append_bytes(path: &std::path::Path, bytes: &[u8]) -> anyhow::Result<()> {
     file.write_all(bytes)?;
     Ok(())
 }
+
+#[test]
+fn directories_created_later_and_symlinked_files_are_followed() -> anyhow::Result<()> {
+    let mut pipeline = Pipeline::start_with(|agent| {
+        agent.paths = vec!["logs/late/*/*.log".into(), "logs/link.log".into()];
+    })?;
+    let logs = pipeline.dir.path().join("logs");
+    let lines: Vec<String> = (0..600).map(line).collect();
+    // A directory tree that did not exist when the agent started.
+    std::fs::create_dir_all(logs.join("late").join("booth-7"))?;
+    append(
+        &logs.join("late").join("booth-7").join("a.log"),
+        &lines[..200],
+    )?;
+    // A symlink to a file elsewhere.
+    let target = pipeline.dir.path().join("elsewhere.log");
+    append(&target, &lines[200..400])?;
+    std::os::unix::fs::symlink(&target, logs.join("link.log"))?;
+    pipeline.wait_loaded(400, 0)?;
+    append(
+        &logs.join("late").join("booth-7").join("a.log"),
+        &lines[400..500],
+    )?;
+    append(&target, &lines[500..])?;
+    pipeline.wait_loaded(600, 0)?;
+    pipeline.stop()?;
+    assert_eq!(
+        pipeline
+            .warehouse()?
+            .count("SELECT SUM(duplicates) FROM loads")?,
+        0
+    );
+    Ok(())
+}
