@@ -66,6 +66,10 @@ pub struct Entry {
     /// older than `checkpoint_retention`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub seen_at: Option<String>,
+    /// The file was read to its end after it was rotated away, deleted or truncated: there
+    /// is nothing more to look for after a restart.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub drained: bool,
 }
 
 /// Which file holds a source: device, inode, birth time and first line.
@@ -489,6 +493,7 @@ mod tests {
             tail_len: 0,
             copy_of: None,
             seen_at: None,
+            drained: false,
         }
     }
 

@@ -111,6 +111,9 @@ impl Discoverer {
         let (mut watcher, mut unwatched) = self.watch(event_tx);
         let mut rescan = tokio::time::interval(self.config.rescan_interval);
         rescan.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        rescan.tick().await;
+        self.scan();
+        self.find_rotated_away();
         loop {
             tokio::select! {
                 _ = rescan.tick() => {
@@ -201,8 +204,9 @@ impl Discoverer {
         self.matchers.iter().any(|m| m.wants(path))
     }
 
-    /// Forgets a followed file; its source's state records when it was last followed.
-    fn unfollow(&mut self, id: FileId) {
+    /// Forgets a followed file; its source's state records when it was last followed, and
+    /// whether it was `drained`.
+    fn unfollow(&mut self, id: FileId, drained: bool) {
         if let Some((_, key, _)) = self.active.remove(&id) {
             metrics::gauge!("tollstream_agent_files_followed").set(self.active.len() as f64);
             self.followed_keys.remove(&key);
@@ -210,6 +214,7 @@ impl Discoverer {
             let mut checkpoints = self.checkpoints.lock().unwrap_or_else(|p| p.into_inner());
             if let Some(entry) = checkpoints.get_mut(&key) {
                 entry.seen_at = Some(now);
+                entry.drained |= drained;
             }
         }
     }
@@ -224,13 +229,14 @@ impl Discoverer {
             Err(error) => {
                 warn!(%error, "A tailer task failed; its file is picked up again by the next scan.");
                 if let Some((id, _)) = self.task_files.remove(&error.id()) {
-                    self.unfollow(id);
+                    self.unfollow(id, false);
                 }
                 return true;
             }
         };
         self.task_files.remove(&task);
-        self.unfollow(id);
+        let drained = matches!(end, Ok(TailEnd::RotatedAway | TailEnd::Truncated));
+        self.unfollow(id, drained);
         if self.followed.get(&path) == Some(&id) {
             self.followed.remove(&path);
         }
@@ -254,6 +260,59 @@ impl Discoverer {
                 metrics::counter!("tollstream_agent_read_errors_total").increment(1);
                 false
             }
+        }
+    }
+
+    /// After a restart: finds files the agent was reading when it stopped that were renamed
+    /// out of the globs meanwhile (logrotate without the rotated names in the globs), in
+    /// their last directory, and reads them to their end — the lines not yet acknowledged,
+    /// and any the writer appended before reopening its log.
+    fn find_rotated_away(&mut self) {
+        let wanted: Vec<(String, Entry)> = {
+            let checkpoints = self.checkpoints.lock().unwrap_or_else(|p| p.into_inner());
+            checkpoints
+                .entries()
+                .filter(|(key, e)| {
+                    !e.drained && e.copy_of.is_none() && !self.followed_keys.contains_key(*key)
+                })
+                .map(|(key, e)| (key.clone(), e.clone()))
+                .collect()
+        };
+        let mut listings: HashMap<PathBuf, Vec<(PathBuf, u64)>> = HashMap::new();
+        let config = self.config.clone();
+        for (key, entry) in wanted {
+            let Some(dir) = entry.path.parent() else {
+                continue;
+            };
+            let listing = listings
+                .entry(dir.to_path_buf())
+                .or_insert_with(|| inodes_in(dir));
+            let Some(path) = listing
+                .iter()
+                .find(|(_, ino)| *ino == entry.file.ino)
+                .map(|(p, _)| p.clone())
+            else {
+                continue;
+            };
+            let Ok(Some(found)) = identify(&path) else {
+                continue;
+            };
+            if !found.is(&entry.file) || self.active.contains_key(&found.id) {
+                continue;
+            }
+            let intact = found.size >= entry.offset
+                && bytes_before_match(&found.file, entry.offset, entry.tail_len, entry.tail_crc)
+                    .unwrap_or(false);
+            if !intact {
+                continue;
+            }
+            let flow = self
+                .matchers
+                .iter()
+                .position(|m| m.wants(&entry.path))
+                .unwrap_or(0);
+            info!(path = %path.display(), was = %entry.path.display(), source = %key, offset = entry.offset, "Found a file rotated out of the globs while the agent was down; reading it to its end.");
+            self.follow_as(&config.flows[flow], found, key, entry.offset, true);
         }
     }
 
@@ -514,6 +573,17 @@ impl Discoverer {
 
     /// Starts a tailer for `found` as source `key` at `start`.
     fn follow(&mut self, flow: &FlowConfig, found: Found, key: String, start: u64) {
+        self.follow_as(flow, found, key, start, false);
+    }
+
+    fn follow_as(
+        &mut self,
+        flow: &FlowConfig,
+        found: Found,
+        key: String,
+        start: u64,
+        draining: bool,
+    ) {
         // Events for this path now wake this tailer; one still draining a rotated file that
         // had the same name relies on polling.
         let wake = Arc::new(Notify::new());
@@ -546,6 +616,7 @@ impl Discoverer {
             gzip_level: self.config.collector.gzip_level,
             poll_interval: self.config.poll_interval,
             rotate_wait: self.config.rotate_wait,
+            draining,
             wake,
             ship: self.ship.clone(),
             checkpoints: self.checkpoints.clone(),
@@ -587,6 +658,21 @@ impl Discoverer {
             info!(pruned, retention = ?self.config.checkpoint_retention, "Forgot the state of files not followed within checkpoint_retention.");
         }
     }
+}
+
+/// Regular files in `dir` with their inode numbers.
+fn inodes_in(dir: &Path) -> Vec<(PathBuf, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(Result::ok)
+        .filter_map(|e| {
+            let meta = e.metadata().ok()?;
+            meta.is_file().then(|| (e.path(), meta.ino()))
+        })
+        .collect()
 }
 
 /// Opens and identifies a file; `None` while it has no complete first line.
@@ -666,6 +752,7 @@ impl Found {
             tail_len: 0,
             copy_of: None,
             seen_at: None,
+            drained: false,
         }
     }
 }

@@ -359,6 +359,9 @@ pub struct Tailer {
     pub poll_interval: Duration,
     /// Quiet time before a rotated file is let go.
     pub rotate_wait: Duration,
+    /// Found after a restart under a name the globs do not match (rotated away while the
+    /// agent was down): read to its end and let go, like a rotated file.
+    pub draining: bool,
     /// Woken by file events for this path.
     pub wake: Arc<Notify>,
     /// Where batches go.
@@ -606,10 +609,11 @@ impl Tailer {
     /// Whether the path no longer names this file (or it was deleted) and it has been
     /// quiet for `rotate_wait` since both were noticed.
     fn rotated_and_quiet(&self, gone_since: &mut Option<Instant>, quiet_since: Instant) -> bool {
-        let replaced = match std::fs::metadata(&self.path) {
-            Ok(meta) => FileId::of(&meta) != self.id,
-            Err(_) => true,
-        };
+        let replaced = self.draining
+            || match std::fs::metadata(&self.path) {
+                Ok(meta) => FileId::of(&meta) != self.id,
+                Err(_) => true,
+            };
         let deleted = self.file.metadata().map(|m| m.nlink() == 0).unwrap_or(true);
         if !(replaced || deleted) {
             *gone_since = None;
