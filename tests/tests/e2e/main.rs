@@ -5,4 +5,5 @@
 
 mod files;
 mod fixture;
+mod logrotate;
 mod pipeline;
