@@ -308,6 +308,10 @@ pub struct AgentSetup {
     pub batch_max_records: usize,
     /// `start_at` for files without a checkpoint: `beginning` or `end`.
     pub start_at: &'static str,
+    /// Globs of files to skip (`flows[].exclude`), e.g. `*.gz`.
+    pub exclude: Vec<String>,
+    /// `rescan_interval`; `None` leaves the agent's default.
+    pub rescan_interval: Option<&'static str>,
 }
 
 /// The bearer token the harness configures on both sides.
@@ -348,12 +352,18 @@ pub fn write_agent_config(dir: &Path, setup: &AgentSetup) -> anyhow::Result<Path
         .map(|p| format!("metrics_listen: 127.0.0.1:{p}\n"))
         .unwrap_or_default();
     let paths: Vec<String> = setup.paths.iter().map(|p| format!("{p:?}")).collect();
+    let exclude: Vec<String> = setup.exclude.iter().map(|p| format!("{p:?}")).collect();
+    let rescan = setup
+        .rescan_interval
+        .map(|i| format!("rescan_interval: {i}\n"))
+        .unwrap_or_default();
     let text = format!(
         "agent_id: e2e-booth\nstate_dir: agent-state\n{metrics}collector:\n  url: http://127.0.0.1:{}\n  token_file: agent.token\n\
-         poll_interval: 100ms\nrotate_wait: 1s\nflows:\n  - stream: toll-transactions\n    paths: [{}]\n    exclude: [\"*.gz\"]\n\
+         poll_interval: 100ms\n{rescan}rotate_wait: 1s\nflows:\n  - stream: toll-transactions\n    paths: [{}]\n    exclude: [{}]\n\
          \x20   start_at: {}\n    batch: {{ max_records: {}, max_bytes: 1MiB, max_age: {} }}\n",
         setup.collector_port,
         paths.join(", "),
+        exclude.join(", "),
         setup.start_at,
         setup.batch_max_records,
         setup.batch_max_age

@@ -78,6 +78,8 @@ fn main() -> anyhow::Result<()> {
             batch_max_age: "200ms",
             batch_max_records: 5000,
             start_at: "beginning",
+            exclude: vec!["*.gz".into()],
+            rescan_interval: None,
         },
     )?;
     let mut collector = Daemon::new(

@@ -64,6 +64,8 @@ impl Pipeline {
             batch_max_age: "100ms",
             batch_max_records: 5000,
             start_at: "beginning",
+            exclude: vec!["*.gz".into()],
+            rescan_interval: None,
         };
         adjust(&mut setup);
         let agent_config = write_agent_config(dir.path(), &setup)?;

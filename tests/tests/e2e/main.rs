@@ -5,5 +5,6 @@
 
 mod files;
 mod fixture;
+mod logrotate;
 mod model;
 mod pipeline;
