@@ -78,6 +78,7 @@ fn main() -> anyhow::Result<()> {
             batch_max_age: "200ms",
             batch_max_records: 5000,
             start_at: "beginning",
+            ..AgentSetup::default()
         },
     )?;
     let mut collector = Daemon::new(
