@@ -7,3 +7,4 @@ mod faults;
 mod files;
 mod fixture;
 mod pipeline;
+mod scale;
