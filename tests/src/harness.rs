@@ -235,6 +235,20 @@ impl Daemon {
     pub fn usage(&self) -> Option<Usage> {
         Usage::of(self.child.as_ref()?.id())
     }
+
+    /// The process id while it runs (started and not yet reaped).
+    pub fn pid(&self) -> Option<u32> {
+        Some(self.child.as_ref()?.id())
+    }
+
+    /// How many file descriptors the running process holds (entries of `/proc/<pid>/fd`).
+    pub fn open_fds(&self) -> Option<usize> {
+        Some(
+            std::fs::read_dir(format!("/proc/{}/fd", self.pid()?))
+                .ok()?
+                .count(),
+        )
+    }
 }
 
 /// CPU time and peak resident memory of a process.
@@ -244,6 +258,8 @@ pub struct Usage {
     pub cpu_seconds: f64,
     /// Peak resident set size (VmHWM), bytes.
     pub peak_rss_bytes: u64,
+    /// Resident set size now (VmRSS), bytes.
+    pub rss_bytes: u64,
 }
 
 impl Usage {
@@ -256,17 +272,20 @@ impl Usage {
         let ticks: f64 =
             fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
         let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-        let hwm_kb: u64 = status
-            .lines()
-            .find(|l| l.starts_with("VmHWM:"))?
-            .split_whitespace()
-            .nth(1)?
-            .parse()
-            .ok()?;
+        let kb = |key: &str| -> Option<u64> {
+            status
+                .lines()
+                .find(|l| l.starts_with(key))?
+                .split_whitespace()
+                .nth(1)?
+                .parse()
+                .ok()
+        };
         // Linux reports these in USER_HZ, which is 100 on every mainstream architecture.
         Some(Self {
             cpu_seconds: ticks / 100.0,
-            peak_rss_bytes: hwm_kb * 1024,
+            peak_rss_bytes: kb("VmHWM:")? * 1024,
+            rss_bytes: kb("VmRSS:")? * 1024,
         })
     }
 }
@@ -294,6 +313,10 @@ pub struct CollectorSetup {
 }
 
 /// Settings for [`write_agent_config`].
+///
+/// The fields after `start_at` are optional tuning; [`AgentSetup::default`] fills them in
+/// (and the rest with the values the end-to-end tests use), so callers write
+/// `AgentSetup { collector_port, ..AgentSetup::default() }`.
 #[derive(Debug, Clone)]
 pub struct AgentSetup {
     /// Collector ingest port.
@@ -312,6 +335,27 @@ pub struct AgentSetup {
     pub exclude: Vec<String>,
     /// `rescan_interval`; `None` leaves the agent's default.
     pub rescan_interval: Option<&'static str>,
+    /// `poll_interval` (the harness uses `100ms`; the agent's own default is `250ms`).
+    pub poll_interval: &'static str,
+    /// `collector.request_timeout`; `None` leaves the agent's default (30 s).
+    pub request_timeout: Option<&'static str>,
+}
+
+impl Default for AgentSetup {
+    fn default() -> Self {
+        Self {
+            collector_port: 0,
+            metrics_port: None,
+            paths: vec!["logs/*.log".into()],
+            batch_max_age: "100ms",
+            batch_max_records: 5000,
+            start_at: "beginning",
+            exclude: vec!["*.gz".into()],
+            rescan_interval: None,
+            poll_interval: "100ms",
+            request_timeout: None,
+        }
+    }
 }
 
 /// The bearer token the harness configures on both sides.
@@ -357,11 +401,16 @@ pub fn write_agent_config(dir: &Path, setup: &AgentSetup) -> anyhow::Result<Path
         .rescan_interval
         .map(|i| format!("rescan_interval: {i}\n"))
         .unwrap_or_default();
+    let collector_extra = setup
+        .request_timeout
+        .map(|t| format!("  request_timeout: {t}\n"))
+        .unwrap_or_default();
     let text = format!(
-        "agent_id: e2e-booth\nstate_dir: agent-state\n{metrics}collector:\n  url: http://127.0.0.1:{}\n  token_file: agent.token\n\
-         poll_interval: 100ms\n{rescan}rotate_wait: 1s\nflows:\n  - stream: toll-transactions\n    paths: [{}]\n    exclude: [{}]\n\
+        "agent_id: e2e-booth\nstate_dir: agent-state\n{metrics}collector:\n  url: http://127.0.0.1:{}\n  token_file: agent.token\n{collector_extra}\
+         poll_interval: {}\n{rescan}rotate_wait: 1s\nflows:\n  - stream: toll-transactions\n    paths: [{}]\n    exclude: [{}]\n\
          \x20   start_at: {}\n    batch: {{ max_records: {}, max_bytes: 1MiB, max_age: {} }}\n",
         setup.collector_port,
+        setup.poll_interval,
         paths.join(", "),
         exclude.join(", "),
         setup.start_at,

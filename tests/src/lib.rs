@@ -1,3 +1,4 @@
+pub mod chaos;
 pub mod harness;
 pub mod sim;
 pub mod sink;

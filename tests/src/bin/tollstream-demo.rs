@@ -78,8 +78,7 @@ fn main() -> anyhow::Result<()> {
             batch_max_age: "200ms",
             batch_max_records: 5000,
             start_at: "beginning",
-            exclude: vec!["*.gz".into()],
-            rescan_interval: None,
+            ..AgentSetup::default()
         },
     )?;
     let mut collector = Daemon::new(

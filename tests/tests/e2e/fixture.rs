@@ -7,10 +7,10 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use tollstream_tests::harness::{
-    AgentSetup, CollectorSetup, Daemon, WarehouseView, binary, free_port, wait_for,
+    AgentSetup, CollectorSetup, Daemon, WarehouseView, binary, free_port, http_get, wait_for,
     write_agent_config, write_collector_config,
 };
-use tollstream_tests::sim::{Mode, SimConfig, SimWriter, Summary, WriteOptions};
+use tollstream_tests::sim::{Mode, Pacing, SimConfig, SimWriter, Summary, WriteOptions};
 
 /// How long a test waits for data to arrive before failing.
 pub const ARRIVAL_TIMEOUT: Duration = Duration::from_secs(300);
@@ -22,6 +22,10 @@ pub struct Pipeline {
     pub collector: Daemon,
     pub agent: Daemon,
     pub collector_port: u16,
+    /// The collector's `/metrics` port.
+    pub collector_metrics_port: u16,
+    /// The agent's `/metrics` port.
+    pub agent_metrics_port: u16,
     /// Set once both daemons stopped cleanly; a test that ends earlier failed.
     pub stopped: bool,
 }
@@ -38,8 +42,19 @@ impl Pipeline {
         Self::start_prepared(adjust, |_| Ok(()))
     }
 
-    /// The general form: `prepare` runs after the collector is up, before the agent starts.
+    /// `prepare` runs after the collector is up, before the agent starts.
     pub fn start_prepared(
+        adjust: impl FnOnce(&mut AgentSetup),
+        prepare: impl FnOnce(&Path) -> anyhow::Result<()>,
+    ) -> anyhow::Result<Self> {
+        Self::start_routed(Ok, adjust, prepare)
+    }
+
+    /// The general form: once the collector is up, `route` gets its ingest port and returns
+    /// the port the agent sends to (the same one, or a proxy's in front of it); then
+    /// `prepare` runs on the test directory and the agent starts.
+    pub fn start_routed(
+        route: impl FnOnce(u16) -> anyhow::Result<u16>,
         adjust: impl FnOnce(&mut AgentSetup),
         prepare: impl FnOnce(&Path) -> anyhow::Result<()>,
     ) -> anyhow::Result<Self> {
@@ -48,38 +63,21 @@ impl Pipeline {
             .tempdir()?;
         std::fs::create_dir(dir.path().join("logs"))?;
         let collector_port = free_port()?;
+        let collector_metrics_port = free_port()?;
         let collector_config = write_collector_config(
             dir.path(),
             &CollectorSetup {
                 port: collector_port,
-                metrics_port: None,
+                metrics_port: Some(collector_metrics_port),
                 buffer_max_bytes: "4MiB",
                 buffer_max_age: "300ms",
             },
         )?;
-        let mut setup = AgentSetup {
-            collector_port,
-            metrics_port: None,
-            paths: vec!["logs/*.log".into()],
-            batch_max_age: "100ms",
-            batch_max_records: 5000,
-            start_at: "beginning",
-            exclude: vec!["*.gz".into()],
-            rescan_interval: None,
-        };
-        adjust(&mut setup);
-        let agent_config = write_agent_config(dir.path(), &setup)?;
         let mut collector = Daemon::new(
             "collector",
             binary("tollstream-collector")?,
             collector_config,
             dir.path().join("collector.log"),
-        );
-        let mut agent = Daemon::new(
-            "agent",
-            binary("tollstream-agent")?,
-            agent_config,
-            dir.path().join("agent.log"),
         );
         collector.start()?;
         let mut pipeline = Self {
@@ -87,13 +85,59 @@ impl Pipeline {
             collector,
             agent: Daemon::new("unused", PathBuf::new(), PathBuf::new(), PathBuf::new()),
             collector_port,
+            collector_metrics_port,
+            agent_metrics_port: 0,
             stopped: false,
         };
         pipeline.wait_collector_ready()?;
+        let mut setup = AgentSetup {
+            collector_port: route(collector_port)?,
+            metrics_port: Some(free_port()?),
+            ..AgentSetup::default()
+        };
+        adjust(&mut setup);
+        pipeline.agent_metrics_port = setup.metrics_port.unwrap_or(0);
+        let agent_config = write_agent_config(pipeline.dir.path(), &setup)?;
+        let mut agent = Daemon::new(
+            "agent",
+            binary("tollstream-agent")?,
+            agent_config,
+            pipeline.dir.path().join("agent.log"),
+        );
         prepare(pipeline.dir.path())?;
         agent.start()?;
         pipeline.agent = agent;
         Ok(pipeline)
+    }
+
+    /// The sum of a metric's samples (all label sets, or those whose labels contain
+    /// `labels`, e.g. `stage="ingest"`) from a daemon's `/metrics`; `None` if unreachable.
+    pub fn metric(port: u16, name: &str, labels: &str) -> Option<f64> {
+        let (status, text) = http_get(([127, 0, 0, 1], port).into(), "/metrics")?;
+        if status != 200 {
+            return None;
+        }
+        let mut sum = 0.0;
+        for line in text.lines().filter(|l| !l.starts_with('#')) {
+            let Some(rest) = line.strip_prefix(name) else {
+                continue;
+            };
+            let (series, value) = rest.rsplit_once(' ')?;
+            let labelled = series.starts_with('{');
+            if !(series.is_empty() || labelled) || !series.contains(labels) {
+                continue;
+            }
+            sum += value.parse::<f64>().ok()?;
+        }
+        Some(sum)
+    }
+
+    pub fn agent_metric(&self, name: &str, labels: &str) -> Option<f64> {
+        Self::metric(self.agent_metrics_port, name, labels)
+    }
+
+    pub fn collector_metric(&self, name: &str, labels: &str) -> Option<f64> {
+        Self::metric(self.collector_metrics_port, name, labels)
     }
 
     pub fn wait_collector_ready(&self) -> anyhow::Result<()> {
@@ -101,10 +145,7 @@ impl Pipeline {
         wait_for(
             "the collector to answer /healthz",
             Duration::from_secs(30),
-            || {
-                tollstream_tests::harness::http_get(addr, "/healthz")
-                    .is_some_and(|(status, _)| status == 200)
-            },
+            || http_get(addr, "/healthz").is_some_and(|(status, _)| status == 200),
         )
     }
 
@@ -118,19 +159,30 @@ impl Pipeline {
     /// A writer of `lines` toll lines (with `malformed` of them broken) over three files,
     /// flushing often and sometimes in the middle of a line.
     pub fn writer(&self, lines: u64, malformed: usize) -> anyhow::Result<SimWriter> {
+        self.writer_with(lines, malformed, 3, Pacing::AsFastAsPossible)
+    }
+
+    /// Like [`Pipeline::writer`], over `files` files and at the given pace.
+    pub fn writer_with(
+        &self,
+        lines: u64,
+        malformed: usize,
+        files: usize,
+        pacing: Pacing,
+    ) -> anyhow::Result<SimWriter> {
         let config = SimConfig {
             malformed,
             ..SimConfig::default()
         };
         let options = WriteOptions {
+            pacing,
             split_writes: true,
             flush_every_lines: 500,
-            ..WriteOptions::default()
         };
         Ok(SimWriter::with_options(
             &config,
             Mode::Count { lines },
-            &self.log_files(3),
+            &self.log_files(files),
             options,
         )?)
     }
@@ -239,6 +291,11 @@ impl Drop for Pipeline {
             let _ = dir.keep();
         }
     }
+}
+
+/// Bytes in MiB, for printing.
+pub fn mib(bytes: u64) -> f64 {
+    bytes as f64 / f64::from(1u32 << 20)
 }
 
 /// Lines in every archive object (errors/ included) under `root`.

@@ -3,8 +3,10 @@
 //!
 //! Build the binaries first: `cargo build --workspace --bins && cargo test --workspace`.
 
+mod faults;
 mod files;
 mod fixture;
 mod logrotate;
 mod model;
 mod pipeline;
+mod scale;

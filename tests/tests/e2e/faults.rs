@@ -1,0 +1,238 @@
+//! Delivery through collector faults. A fault-injecting proxy ([`ChaosProxy`]) sits between
+//! the agent and the real collector: it answers 429 and 503, drops requests, loses answers
+//! to requests the collector made durable, stalls requests past the agent's timeout and
+//! then delivers them late, and goes down altogether. Every line must still arrive exactly
+//! once, and while the collector is unreachable the agent's memory must stay bounded (the
+//! log files are the buffer).
+
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::time::Instant;
+use tollstream_tests::chaos::{ChaosProxy, FaultConfig, FaultCounts};
+use tollstream_tests::harness::AgentSetup;
+use tollstream_tests::sim::Pacing;
+
+use crate::fixture::{Pipeline, mib};
+
+/// The seed of the proxy's fault draws: `TOLLSTREAM_CHAOS_SEED` to replay a run, else random.
+fn chaos_seed() -> anyhow::Result<u64> {
+    match std::env::var("TOLLSTREAM_CHAOS_SEED") {
+        Ok(text) => text
+            .trim()
+            .parse()
+            .with_context(|| format!("TOLLSTREAM_CHAOS_SEED={text:?} is not a u64")),
+        Err(_) => Ok(fastrand::u64(..)),
+    }
+}
+
+/// Collector, proxy in front of it, and an agent sending to the proxy.
+fn behind_proxy(
+    faults: FaultConfig,
+    seed: u64,
+    adjust: impl FnOnce(&mut AgentSetup),
+) -> anyhow::Result<(Pipeline, ChaosProxy)> {
+    let mut proxy = None;
+    let pipeline = Pipeline::start_routed(
+        |collector_port| {
+            let started = ChaosProxy::start(([127, 0, 0, 1], collector_port).into(), faults, seed)?;
+            let port = started.port();
+            proxy = Some(started);
+            Ok(port)
+        },
+        adjust,
+        |_| Ok(()),
+    )?;
+    Ok((pipeline, proxy.context("the proxy was not started")?))
+}
+
+/// At least this many lines are written under faults…
+const FAULT_MIN_LINES: u64 = 50_000;
+/// …and more, up to this many, until every fault kind was injected often enough.
+const FAULT_MAX_LINES: u64 = 150_000;
+const EACH_FAULT_AT_LEAST: u64 = 3;
+
+#[test]
+fn every_line_arrives_exactly_once_through_injected_collector_faults() -> anyhow::Result<()> {
+    let seed = chaos_seed()?;
+    eprintln!(
+        "faults: chaos seed {seed} (TOLLSTREAM_CHAOS_SEED={seed} replays the same fault draws)"
+    );
+    // Each kind on 6 % of requests; a stall holds a request for 3 s, past the agent's 2 s
+    // request timeout, and then delivers it anyway.
+    let faults = FaultConfig::each(0.06, Duration::from_secs(3));
+    let (mut pipeline, proxy) = behind_proxy(faults, seed, |setup| {
+        setup.request_timeout = Some("2s");
+        // Smaller batches: more requests, so more faults per line written.
+        setup.batch_max_records = 1000;
+    })?;
+    let started = Instant::now();
+    let mut writer = pipeline.writer_with(
+        FAULT_MAX_LINES,
+        0,
+        3,
+        Pacing::Rate {
+            lines_per_sec: 5000.0,
+        },
+    )?;
+    loop {
+        writer.write(2_500)?;
+        let counts = proxy.counts();
+        let every_kind = FaultCounts::KINDS
+            .iter()
+            .all(|&kind| counts.of(kind) >= EACH_FAULT_AT_LEAST);
+        if (writer.summary().total_lines >= FAULT_MIN_LINES && every_kind) || writer.is_finished() {
+            break;
+        }
+    }
+    proxy.set_faults(FaultConfig::none())?;
+    let counts = proxy.counts();
+    let written = writer.into_summary();
+    eprintln!(
+        "faults: {} lines written in {:.1} s under faults; proxy counts: {counts:?}",
+        written.total_lines,
+        started.elapsed().as_secs_f64()
+    );
+    for kind in FaultCounts::KINDS {
+        assert!(
+            counts.of(kind) >= EACH_FAULT_AT_LEAST,
+            "the proxy injected {kind:?} only {} times while {} lines were written (seed {seed}): {counts:?}",
+            counts.of(kind),
+            written.total_lines
+        );
+    }
+    let faults_off = Instant::now();
+    pipeline.wait_loaded(written.valid_lines, 0)?;
+    eprintln!(
+        "faults: everything loaded {:.1} s after faults were switched off",
+        faults_off.elapsed().as_secs_f64()
+    );
+    let ingest_duplicates = pipeline
+        .collector_metric(
+            "tollstream_collector_duplicate_records_total",
+            "stage=\"ingest\"",
+        )
+        .context("reading the collector's /metrics")?;
+    let retries = pipeline
+        .agent_metric("tollstream_agent_ship_retries_total", "")
+        .context("reading the agent's /metrics")?;
+    eprintln!(
+        "faults: agent retries {retries}; lines the collector recognised as resent and did not write again: {ingest_duplicates}"
+    );
+    pipeline.stop()?;
+    pipeline.assert_exactly_once(&written)?;
+    // A lost answer means the collector has the batch and the agent sends it again: the
+    // collector must have recognised those resent lines (else the faults tested nothing).
+    assert!(
+        ingest_duplicates > 0.0,
+        "{} answers were lost, yet the collector saw no resent lines",
+        counts.lost_answers
+    );
+    Ok(())
+}
+
+/// How long the collector is unreachable.
+const OUTAGE: Duration = Duration::from_secs(25);
+/// Lines written during the outage, at least.
+const OUTAGE_LINES: u64 = 300_000;
+/// Lines written (and loaded) before the outage.
+const BEFORE_LINES: u64 = 20_000;
+/// The agent's resident memory must stay below this while the collector is unreachable.
+const OUTAGE_RSS_LIMIT: u64 = 100 << 20;
+
+#[test]
+fn while_the_collector_is_unreachable_the_agent_stays_small_then_catches_up_exactly_once()
+-> anyhow::Result<()> {
+    let (mut pipeline, proxy) = behind_proxy(FaultConfig::none(), 0, |setup| {
+        setup.request_timeout = Some("5s");
+    })?;
+    let pid = pipeline.agent.pid().context("agent pid")?;
+    // 12,000 lines/s: the outage's 300,000 lines take its 25 s.
+    let mut writer = pipeline.writer_with(
+        BEFORE_LINES + 2 * OUTAGE_LINES,
+        0,
+        3,
+        Pacing::Rate {
+            lines_per_sec: 12_000.0,
+        },
+    )?;
+    writer.write(BEFORE_LINES)?;
+    pipeline.wait_loaded(BEFORE_LINES, 0)?;
+    let rss_before = pipeline.agent.usage().context("agent usage")?.rss_bytes;
+    let network_retries_before = pipeline
+        .agent_metric("tollstream_agent_ship_retries_total", "reason=\"network\"")
+        .context("agent metrics")?;
+
+    proxy.set_down(true)?;
+    let down_at = Instant::now();
+    let mut peak_rss = 0u64;
+    let mut samples = 0u32;
+    // Write in 0.5 s steps, sampling the agent's RSS after each, for the whole outage.
+    while down_at.elapsed() < OUTAGE || writer.summary().total_lines < BEFORE_LINES + OUTAGE_LINES {
+        writer.write(6_000)?;
+        let usage = tollstream_tests::harness::Usage::of(pid)
+            .with_context(|| format!("the agent (pid {pid}) is gone during the outage"))?;
+        peak_rss = peak_rss.max(usage.rss_bytes);
+        samples += 1;
+        anyhow::ensure!(!writer.is_finished(), "the writer ran out of lines");
+    }
+    let outage_lines = writer.summary().total_lines - BEFORE_LINES;
+    let loaded_during = pipeline
+        .warehouse()?
+        .count("SELECT COUNT(*) FROM toll_transactions")?;
+    let network_retries = pipeline
+        .agent_metric("tollstream_agent_ship_retries_total", "reason=\"network\"")
+        .context("agent metrics")?
+        - network_retries_before;
+    let written = writer.into_summary();
+    eprintln!(
+        "outage: collector unreachable for {:.1} s while {outage_lines} lines were written; \
+         agent RSS {:.1} MiB before, peak {:.1} MiB over {samples} samples during the outage; \
+         {network_retries} network retries",
+        down_at.elapsed().as_secs_f64(),
+        mib(rss_before),
+        mib(peak_rss),
+    );
+    // Nothing got through while the proxy was down.
+    assert_eq!(
+        loaded_during, BEFORE_LINES as i64,
+        "rows loaded by the end of the outage vs lines written before it"
+    );
+    assert!(
+        network_retries > 0.0,
+        "the agent noticed the collector was unreachable"
+    );
+
+    let cpu = |p: &Pipeline| -> anyhow::Result<(f64, f64)> {
+        let agent = p.agent.usage().context("agent usage")?;
+        let collector = p.collector.usage().context("collector usage")?;
+        Ok((agent.cpu_seconds, collector.cpu_seconds))
+    };
+    let cpu_before = cpu(&pipeline)?;
+    proxy.set_down(false)?;
+    let up_at = Instant::now();
+    // The agent's retry backoff (up to 10 s, jittered) decides when the first batch lands.
+    pipeline.wait_rows_at_least(BEFORE_LINES + 1)?;
+    let first_rows = up_at.elapsed();
+    pipeline.wait_loaded(written.valid_lines, 0)?;
+    let catch_up = up_at.elapsed();
+    let cpu_after = cpu(&pipeline)?;
+    eprintln!(
+        "outage: caught up on {outage_lines} lines in {:.1} s after the collector became reachable \
+         (first new rows after {:.1} s; {:.0} lines/s; CPU meanwhile: agent {:.1} s, collector {:.1} s)",
+        catch_up.as_secs_f64(),
+        first_rows.as_secs_f64(),
+        outage_lines as f64 / catch_up.as_secs_f64(),
+        cpu_after.0 - cpu_before.0,
+        cpu_after.1 - cpu_before.1,
+    );
+    pipeline.stop()?;
+    pipeline.assert_exactly_once(&written)?;
+    assert!(
+        peak_rss < OUTAGE_RSS_LIMIT,
+        "the agent's RSS peaked at {:.1} MiB while the collector was unreachable (limit {} MiB)",
+        mib(peak_rss),
+        OUTAGE_RSS_LIMIT >> 20
+    );
+    Ok(())
+}
