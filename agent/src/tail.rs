@@ -31,6 +31,9 @@ use crate::clock::Clock;
 use crate::config::BatchConfig;
 use crate::ship::{ShipError, ShipRequest};
 
+/// Batches compressed at once over all files.
+static ENCODERS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(4);
+
 /// Bytes of the first line that go into the fingerprint at most.
 const FINGERPRINT_MAX_BYTES: usize = 64 * 1024;
 
@@ -555,10 +558,14 @@ impl Tailer {
     async fn seal(&self, pending: &mut Pending) -> Sealed {
         let batch = pending.take(&self.stream, &self.source);
         let (level, data) = (self.gzip_level, batch.clone());
+        // A few compressions at a time: with many files becoming busy at once, one thread
+        // (and compressor state) per file would cost hundreds of MiB for no speed.
+        let permit = ENCODERS.acquire().await.ok();
         // A failed encoding task (a panic) leaves the raw lines, sent uncompressed.
         let body = tokio::task::spawn_blocking(move || data.encode(level))
             .await
             .ok();
+        drop(permit);
         let gzip = body.is_some() && level > 0;
         let body = body.unwrap_or_else(|| batch.data.clone());
         Sealed { batch, body, gzip }
