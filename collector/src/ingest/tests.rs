@@ -202,11 +202,35 @@ async fn ranged_batches_are_checked_and_a_resend_is_acknowledged_once() {
             "toll-transactions",
             Some(TOKEN),
             &headers,
-            b"one\n".to_vec(),
+            b"one\nt\n".to_vec(),
         ),
     )
     .await;
     assert_eq!(status, 400, "range longer than the body: {answer}");
+    // One line the agent cut to its max_line_bytes stands for more bytes than it holds.
+    let cut = [
+        ("x-tollstream-source", "booth/9-9-0"),
+        ("x-tollstream-range", "0-5000"),
+    ];
+    let (status, answer) = send(
+        &app,
+        post(
+            "toll-transactions",
+            Some(TOKEN),
+            &cut,
+            b"xxxx [cut by tollstream-agent]\n".to_vec(),
+        ),
+    )
+    .await;
+    assert_eq!(
+        (
+            status,
+            answer["records"].as_u64(),
+            answer["high_water"].as_u64()
+        ),
+        (200, Some(1), Some(5000)),
+        "a cut line alone in its batch: {answer}"
+    );
     let partial = [
         ("x-tollstream-source", "booth/1-2-0"),
         ("x-tollstream-range", "8-13"),
