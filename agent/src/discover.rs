@@ -24,6 +24,7 @@ use std::os::unix::fs::FileExt;
 use crate::checkpoint::{Checkpoints, Entry, FileIdentity, SharedCheckpoints};
 use crate::clock::Clock;
 use crate::config::{Config, FlowConfig, StartAt};
+use crate::health::Health;
 use crate::ship::ShipRequest;
 use crate::tail::{
     FileId, Fingerprint, TailEnd, Tailer, bytes_before_match, fingerprint, same_bytes_before,
@@ -46,6 +47,13 @@ pub struct Discoverer {
     followed_keys: HashMap<String, FileId>,
     /// Files held back as copies of a followed source (its key).
     copies: HashMap<FileId, String>,
+    /// Files the last scan could not open, with the error (logged once each).
+    unopenable: std::collections::BTreeMap<PathBuf, String>,
+    /// The same, for the scan in progress.
+    unopenable_now: std::collections::BTreeMap<PathBuf, String>,
+    health: Arc<Health>,
+    /// Descriptors that may still be opened, as of the scan in progress.
+    descriptors_left: u64,
     /// Files skipped by `ignore_older` (logged once).
     ignored: std::collections::HashSet<FileId>,
     /// Each flow's compiled globs, in `config.flows` order.
@@ -84,6 +92,7 @@ impl Discoverer {
         clock: Arc<dyn Clock>,
         shutdown: CancellationToken,
         first_run: bool,
+        health: Arc<Health>,
     ) -> Self {
         let matchers = config.flows.iter().map(Matcher::new).collect();
         Self {
@@ -96,6 +105,10 @@ impl Discoverer {
             followed_keys: HashMap::new(),
             copies: HashMap::new(),
             ignored: std::collections::HashSet::new(),
+            unopenable: std::collections::BTreeMap::new(),
+            unopenable_now: std::collections::BTreeMap::new(),
+            health,
+            descriptors_left: u64::MAX,
             followed: HashMap::new(),
             matchers,
             wakes: HashMap::new(),
@@ -326,6 +339,8 @@ impl Discoverer {
             return;
         }
         let config = self.config.clone();
+        self.unopenable_now.clear();
+        self.descriptors_left = descriptors_left();
         let mut found: Vec<(usize, Found)> = Vec::new();
         let mut seen = std::collections::HashSet::new();
         for (i, flow) in config.flows.iter().enumerate() {
@@ -357,19 +372,42 @@ impl Discoverer {
         }
         self.start_at_applies = false;
         self.prune();
+        // Files that could not be opened in this scan (e.g. out of file descriptors, no
+        // permission) make the agent not ready until a scan opens them.
+        std::mem::swap(&mut self.unopenable, &mut self.unopenable_now);
+        metrics::gauge!("tollstream_agent_files_unopenable").set(self.unopenable.len() as f64);
+        self.health.unopenable(&self.unopenable);
     }
 
     /// Opens and identifies a file not followed yet; `None` if it is, or is not ready.
-    fn identify_new(&self, path: &Path) -> Option<Found> {
+    fn identify_new(&mut self, path: &Path) -> Option<Found> {
         let meta = std::fs::metadata(path).ok()?;
         if !meta.is_file() || self.active.contains_key(&FileId::of(&meta)) {
             return None;
         }
+        if self.descriptors_left <= RESERVED_DESCRIPTORS {
+            let error = format!(
+                "the open-files limit is nearly reached; {RESERVED_DESCRIPTORS} descriptors are kept for the collector connections and checkpoints (raise LimitNOFILE / ulimit -n)"
+            );
+            if !self.unopenable.contains_key(path) {
+                warn!(path = %path.display(), %error, "Not opening file.");
+            }
+            self.unopenable_now.insert(path.to_path_buf(), error);
+            return None;
+        }
         match identify(path) {
-            Ok(Some(found)) if !self.active.contains_key(&found.id) => Some(found),
+            Ok(Some(found)) if !self.active.contains_key(&found.id) => {
+                self.descriptors_left -= 1;
+                Some(found)
+            }
             Ok(_) => None, // No complete first line yet, or followed after all.
             Err(error) => {
-                warn!(path = %path.display(), %error, "Cannot open file.");
+                let error = error.to_string();
+                if !self.unopenable.contains_key(path) {
+                    warn!(path = %path.display(), %error, "Cannot open file; retried at every rescan, and /readyz says so meanwhile.");
+                }
+                metrics::counter!("tollstream_agent_open_errors_total").increment(1);
+                self.unopenable_now.insert(path.to_path_buf(), error);
                 None
             }
         }
@@ -658,6 +696,22 @@ impl Discoverer {
             info!(pruned, retention = ?self.config.checkpoint_retention, "Forgot the state of files not followed within checkpoint_retention.");
         }
     }
+}
+
+/// Descriptors kept free for sockets, the checkpoint and event queues: a file is not opened
+/// when fewer would be left.
+const RESERVED_DESCRIPTORS: u64 = 32;
+
+/// How many more descriptors this process may open: the soft `RLIMIT_NOFILE` less those
+/// open now (`u64::MAX` where that cannot be told).
+fn descriptors_left() -> u64 {
+    let Ok((soft, _)) = rlimit::Resource::NOFILE.get() else {
+        return u64::MAX;
+    };
+    let Ok(open) = std::fs::read_dir("/proc/self/fd") else {
+        return u64::MAX;
+    };
+    soft.saturating_sub(open.count() as u64)
 }
 
 /// Regular files in `dir` with their inode numbers.

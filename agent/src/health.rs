@@ -28,6 +28,11 @@ struct State {
     /// Since when every send failed to reach the collector (none: the last one reached it).
     failing_since: Option<Instant>,
     last_error: Option<String>,
+    /// Matched files that cannot be opened: a few of their paths, the distinct errors,
+    /// and how many.
+    unopenable_paths: Vec<String>,
+    unopenable_errors: Vec<String>,
+    unopenable_count: usize,
 }
 
 impl Health {
@@ -62,6 +67,22 @@ impl Health {
         state.last_error = Some(error);
     }
 
+    /// The matched files the latest scan could not open.
+    pub fn unopenable(&self, files: &BTreeMap<std::path::PathBuf, String>) {
+        let mut state = self.state();
+        state.unopenable_count = files.len();
+        state.unopenable_paths = files
+            .keys()
+            .take(3)
+            .map(|p| p.display().to_string())
+            .collect();
+        let mut errors: Vec<String> = files.values().cloned().collect();
+        errors.sort();
+        errors.dedup();
+        errors.truncate(3);
+        state.unopenable_errors = errors;
+    }
+
     /// The `/readyz` answer: ready, and a JSON body saying what is wrong if not.
     pub fn verdict(&self) -> (bool, Value) {
         let state = self.state();
@@ -78,6 +99,14 @@ impl Health {
                 "the collector has been unreachable for {}s: {}",
                 since.elapsed().as_secs(),
                 state.last_error.as_deref().unwrap_or("unknown error")
+            ));
+        }
+        if state.unopenable_count > 0 {
+            problems.push(format!(
+                "{} matched files cannot be opened and are not being read yet: {} (e.g. {}); retried at every rescan",
+                state.unopenable_count,
+                state.unopenable_errors.join("; "),
+                state.unopenable_paths.join(", ")
             ));
         }
         let ready = problems.is_empty();
@@ -109,6 +138,18 @@ mod tests {
             "{body}"
         );
         health.reached();
+        assert!(health.verdict().0);
+        let files = BTreeMap::from([(
+            std::path::PathBuf::from("/var/log/toll/a.log"),
+            "Too many open files (os error 24)".to_string(),
+        )]);
+        health.unopenable(&files);
+        let (ready, body) = health.verdict();
+        assert!(
+            !ready && body.to_string().contains("Too many open files"),
+            "{body}"
+        );
+        health.unopenable(&BTreeMap::new());
         assert!(health.verdict().0);
     }
 }

@@ -92,11 +92,20 @@ pub async fn run(
     };
     let checkpointer = tokio::spawn(checkpointer.run(stop_checkpointer.clone()));
     let shipper = tokio::spawn(shipper.run(ship_rx));
+    // Every followed file holds a descriptor: take what the system allows.
+    let open_files_limit = match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) => limit,
+        Err(error) => {
+            warn!(%error, "Could not raise the open-files limit.");
+            0
+        }
+    };
     if let Some(listener) = metrics_listener {
+        let health_view = health.clone();
         let addr = listener.local_addr()?;
         let token = shutdown.clone();
         tokio::spawn(async move {
-            if let Err(error) = axum::serve(listener, metrics::router(metrics, health))
+            if let Err(error) = axum::serve(listener, metrics::router(metrics, health_view))
                 .with_graceful_shutdown(token.cancelled_owned())
                 .await
             {
@@ -112,8 +121,9 @@ pub async fn run(
         clock,
         shutdown.clone(),
         first_run,
+        health,
     );
-    info!(agent_id = config.agent_id(), collector = %config.collector.url, flows = config.flows.len(), "Agent started.");
+    info!(agent_id = config.agent_id(), collector = %config.collector.url, flows = config.flows.len(), open_files_limit, "Agent started.");
     let discovery = tokio::spawn(discoverer.run());
 
     shutdown.cancelled().await;

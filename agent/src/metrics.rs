@@ -88,6 +88,14 @@ fn describe() {
         "Bytes of a followed file not yet acknowledged by the collector, by path."
     );
     describe_gauge!("tollstream_agent_files_followed", "Files being followed.");
+    describe_gauge!(
+        "tollstream_agent_files_unopenable",
+        "Matched files the latest scan could not open (out of descriptors, no permission)."
+    );
+    describe_counter!(
+        "tollstream_agent_open_errors_total",
+        "Failed attempts to open a matched file (retried at every rescan)."
+    );
     describe_counter!(
         "tollstream_agent_checkpoint_errors_total",
         "Checkpoint files found damaged or not written."

@@ -3,6 +3,8 @@
 
 use std::time::Duration;
 
+use anyhow::Context;
+
 use tollstream_tests::harness::wait_for;
 
 use crate::fixture::{EXIT_TIMEOUT, Pipeline};
@@ -273,5 +275,79 @@ fn directories_created_later_and_symlinked_files_are_followed() -> anyhow::Resul
             .count("SELECT SUM(duplicates) FROM loads")?,
         0
     );
+    Ok(())
+}
+
+#[test]
+fn files_that_cannot_be_opened_make_the_agent_unready_and_are_read_once_they_can()
+-> anyhow::Result<()> {
+    let mut pipeline = Pipeline::start_with(|agent| agent.rescan_interval = Some("300ms"))?;
+    let pid = pipeline.agent.pid().context("agent pid")?;
+    let addr = ([127, 0, 0, 1], pipeline.agent_metrics_port).into();
+    tollstream_tests::harness::wait_for("the agent's /readyz", Duration::from_secs(30), || {
+        tollstream_tests::harness::http_get(addr, "/readyz").is_some_and(|(s, _)| s == 200)
+    })?;
+    let original = open_files_limit(pid)?;
+    // Out of file descriptors, as with a low `ulimit -n`: 60 files, room for few of them.
+    prlimit(pid, 48)?;
+    let logs = pipeline.dir.path().join("logs");
+    for i in 0..60 {
+        append(&logs.join(format!("f{i:02}.log")), &[line(i)])?;
+    }
+    let mut body = String::new();
+    wait_for(
+        "/readyz to report unopenable files",
+        Duration::from_secs(30),
+        || match tollstream_tests::harness::http_get(addr, "/readyz") {
+            Some((503, text)) if text.contains("60 matched files cannot be opened") => {
+                body = text;
+                true
+            }
+            _ => false,
+        },
+    )?;
+    assert!(
+        body.contains("60 matched files") && body.contains("open-files limit"),
+        "{body}"
+    );
+    // The operator raises the limit: the next rescans open every file.
+    prlimit(pid, original)?;
+    pipeline.wait_loaded(60, 0)?;
+    wait_for("/readyz to recover", Duration::from_secs(30), || {
+        tollstream_tests::harness::http_get(addr, "/readyz").is_some_and(|(s, _)| s == 200)
+    })?;
+    pipeline.stop()?;
+    assert_eq!(
+        pipeline
+            .warehouse()?
+            .count("SELECT SUM(duplicates) FROM loads")?,
+        0
+    );
+    Ok(())
+}
+
+/// A process's soft open-files limit, from `/proc/<pid>/limits`.
+fn open_files_limit(pid: u32) -> anyhow::Result<u32> {
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits"))?;
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .context("no open-files line in /proc/<pid>/limits")?;
+    let soft = line
+        .split_whitespace()
+        .nth(3)
+        .context("no soft limit on the open-files line")?;
+    Ok(soft.parse()?)
+}
+
+/// Sets a running process's soft open-files limit with util-linux `prlimit` (the hard limit
+/// stays, so raising it again needs no privilege).
+fn prlimit(pid: u32, files: u32) -> anyhow::Result<()> {
+    let status = std::process::Command::new("prlimit")
+        .arg(format!("--pid={pid}"))
+        .arg(format!("--nofile={files}:"))
+        .status()
+        .context("running prlimit")?;
+    anyhow::ensure!(status.success(), "prlimit exited with {status}");
     Ok(())
 }
