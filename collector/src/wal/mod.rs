@@ -17,6 +17,7 @@
 //! On disk, per stream: `<dir>/<first_seq:020>.wal` segments (format in [`record`]) and
 //! `<dir>/sources.json`.
 
+mod covered;
 pub mod record;
 pub mod segment;
 mod snapshot;
@@ -267,8 +268,10 @@ impl Wal {
     }
 }
 
-/// High-water marks per source.
-pub type HighWater = HashMap<String, u64>;
+/// Accepted byte ranges per source.
+pub type HighWater = HashMap<String, Covered>;
 
 #[cfg(test)]
 mod tests;
+
+pub use covered::Covered;

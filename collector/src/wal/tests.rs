@@ -107,6 +107,49 @@ async fn overlap_off_a_line_boundary_is_refused() {
 }
 
 #[tokio::test]
+async fn batches_arriving_out_of_order_are_each_written_once_and_survive_recovery() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (wal, thread) = open(dir.path(), 1 << 20);
+    // Three batches of one file in flight; the second and third arrive first.
+    wal.append(batch("a/1", 4, &["bbb"])).await.expect("b");
+    wal.append(batch("a/1", 12, &["ddd"])).await.expect("d");
+    let first = wal.append(batch("a/1", 0, &["aaa"])).await.expect("a");
+    assert!(
+        matches!(first, Appended::Written { records: 1, .. }),
+        "{first:?}"
+    );
+    close(wal, thread);
+    // After a restart, a resend spanning all of them writes only the gap, [8, 12).
+    let (wal, thread) = open(dir.path(), 1 << 20);
+    let resend = wal
+        .append(batch("a/1", 0, &["aaa", "bbb", "ccc", "ddd", "eee"]))
+        .await
+        .expect("resend");
+    assert_eq!(
+        resend,
+        Appended::Written {
+            seq: 5,
+            records: 2,
+            skipped_records: 3,
+            high_water: Some(20)
+        }
+    );
+    let records = read_all(&wal, 1);
+    let written: Vec<_> = records.iter().map(|r| (r.range, &r.data[..])).collect();
+    assert_eq!(
+        written,
+        vec![
+            (Some((4, 8)), &b"bbb\n"[..]),
+            (Some((12, 16)), b"ddd\n"),
+            (Some((0, 4)), b"aaa\n"),
+            (Some((8, 12)), b"ccc\n"),
+            (Some((16, 20)), b"eee\n"),
+        ]
+    );
+    close(wal, thread);
+}
+
+#[tokio::test]
 async fn recovery_cuts_a_torn_record_and_keeps_high_water_marks() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (wal, thread) = open(dir.path(), 1 << 20);

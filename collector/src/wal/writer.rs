@@ -10,6 +10,7 @@ use bytes::BytesMut;
 use tokio::sync::{mpsc, watch};
 use tracing::{info, warn};
 
+use super::covered::Covered;
 use super::segment::{self, Durable, Segment};
 use super::{AppendRequest, Appended, Consumers, HighWater, Reply, WalError, WalRecord, snapshot};
 use crate::clock::Clock;
@@ -62,9 +63,11 @@ pub fn recover(dir: &Path) -> Result<Recovered, WalError> {
         }
         next_seq = seg.first_seq;
         let scan = segment::scan(seg, |record| {
-            if let Some((_, end)) = record.range {
-                let mark = high_water.entry(record.source.clone()).or_insert(0);
-                *mark = (*mark).max(end);
+            if let Some((start, end)) = record.range {
+                high_water
+                    .entry(record.source.clone())
+                    .or_default()
+                    .insert(start, end);
             }
             next_seq = record.seq + 1;
             Ok(())
@@ -120,7 +123,8 @@ pub struct Writer {
 
 /// What to do with one request in a group.
 enum Decision {
-    Write(WalRecord, u32),
+    /// Records to write, and how many of the request's lines were already known.
+    Write(Vec<WalRecord>, u32),
     Done(Appended),
     Fail(WalError),
 }
@@ -222,12 +226,14 @@ impl Writer {
         self.buf.clear();
         let start_seq = self.next_seq;
         let received_at_us = self.clock.now().as_microsecond();
-        let mut undo: Vec<(String, Option<u64>)> = Vec::new();
+        let mut undo: Vec<(String, Option<Covered>)> = Vec::new();
         let mut decisions = Vec::with_capacity(group.len());
         for (request, _) in group.iter() {
             let decision = self.decide(request, received_at_us, &mut undo);
-            if let Decision::Write(record, _) = &decision {
-                record.encode_into(&mut self.buf);
+            if let Decision::Write(records, _) = &decision {
+                for record in records {
+                    record.encode_into(&mut self.buf);
+                }
             }
             decisions.push(decision);
         }
@@ -244,12 +250,19 @@ impl Writer {
                 }
                 for ((_, reply), decision) in group.drain(..).zip(decisions) {
                     let answer = match decision {
-                        Decision::Write(record, skipped) => Ok(Appended::Written {
-                            seq: record.seq,
-                            records: record.records,
-                            skipped_records: skipped,
-                            high_water: record.range.map(|(_, end)| end),
-                        }),
+                        Decision::Write(records, skipped) => {
+                            let source = records.first().map(|r| r.source.as_str());
+                            Ok(Appended::Written {
+                                seq: records.last().map_or(0, |r| r.seq),
+                                records: records.iter().map(|r| r.records).sum(),
+                                skipped_records: skipped,
+                                high_water: records.iter().any(|r| r.range.is_some()).then(|| {
+                                    source
+                                        .and_then(|s| self.high_water.get(s))
+                                        .map_or(0, Covered::high_water)
+                                }),
+                            })
+                        }
                         Decision::Done(appended) => Ok(appended),
                         Decision::Fail(error) => Err(error),
                     };
@@ -301,63 +314,111 @@ impl Writer {
         Ok(())
     }
 
-    /// Applies duplicate detection to one request and assigns it a sequence number.
+    /// Applies duplicate detection to one request and assigns sequence numbers to what is
+    /// new in it: one record per range of it not yet accepted (usually one; several when
+    /// a resend spans batches that arrived out of order).
     fn decide(
         &mut self,
         request: &AppendRequest,
         received_at_us: i64,
-        undo: &mut Vec<(String, Option<u64>)>,
+        undo: &mut Vec<(String, Option<Covered>)>,
     ) -> Decision {
-        let mut data = request.data.clone();
-        let mut range = request.range;
-        let mut skipped = 0u32;
-        if let Some((start, end)) = range {
-            let mark = self.high_water.get(&request.source).copied();
-            if let Some(mark) = mark {
-                if end <= mark {
-                    return Decision::Done(Appended::Duplicate {
-                        skipped_records: request.records,
-                        high_water: mark,
-                    });
-                }
-                if start < mark {
-                    let cut = (mark - start) as usize;
-                    if data.get(cut - 1) != Some(&b'\n') {
-                        return Decision::Fail(WalError::Misaligned {
-                            source_name: request.source.clone(),
-                            start,
-                            high_water: mark,
-                        });
-                    }
-                    skipped = memchr::memchr_iter(b'\n', &data[..cut]).count() as u32;
-                    data = data.slice(cut..);
-                    range = Some((mark, end));
-                }
-            }
-            if data.is_empty() {
+        let Some((start, end)) = request.range else {
+            if request.data.is_empty() {
                 return Decision::Done(Appended::Duplicate {
                     skipped_records: 0,
-                    high_water: mark.unwrap_or(end).max(end),
+                    high_water: 0,
                 });
             }
-            undo.push((request.source.clone(), mark));
-            self.high_water.insert(request.source.clone(), end);
-        } else if data.is_empty() {
+            let record = self.record(
+                request,
+                received_at_us,
+                None,
+                request.data.clone(),
+                request.records,
+            );
+            return Decision::Write(vec![record], 0);
+        };
+        let previous = self.high_water.get(&request.source).cloned();
+        let covered = previous.clone().unwrap_or_default();
+        let parts = covered.uncovered(start, end);
+        if parts.is_empty() {
             return Decision::Done(Appended::Duplicate {
-                skipped_records: 0,
-                high_water: 0,
+                skipped_records: request.records,
+                high_water: covered.high_water(),
             });
         }
+        // A line cut by the agent stands for more bytes than it holds: all or nothing.
+        let whole = end - start == request.data.len() as u64;
+        if !whole && parts != [(start, end)] {
+            return Decision::Fail(WalError::Misaligned {
+                source_name: request.source.clone(),
+                start,
+                high_water: covered.high_water(),
+            });
+        }
+        let mut slices = Vec::with_capacity(parts.len());
+        let mut written = 0u32;
+        for &(a, b) in &parts {
+            let (from, to) = if whole {
+                ((a - start) as usize, (b - start) as usize)
+            } else {
+                (0, request.data.len())
+            };
+            let data = &request.data;
+            let at_line_start = from == 0 || data.get(from - 1) == Some(&b'\n');
+            let at_line_end = to == data.len() || data.get(to - 1) == Some(&b'\n');
+            if !(at_line_start && at_line_end) {
+                return Decision::Fail(WalError::Misaligned {
+                    source_name: request.source.clone(),
+                    start,
+                    high_water: covered.high_water(),
+                });
+            }
+            let slice = data.slice(from..to);
+            let lines = memchr::memchr_iter(b'\n', &slice).count() as u32;
+            written += lines;
+            slices.push(((a, b), slice, lines));
+        }
+        let mut next = covered;
+        let mut gave_up = false;
+        for &(a, b) in &parts {
+            gave_up |= next.insert(a, b);
+        }
+        if gave_up {
+            warn!(source = %request.source, max = super::covered::MAX_INTERVALS, "Too many gaps in one source's accepted ranges; the oldest is taken as delivered.");
+            metrics::counter!("tollstream_collector_wal_gaps_given_up_total").increment(1);
+        }
+        undo.push((request.source.clone(), previous));
+        self.high_water.insert(request.source.clone(), next);
+        let records = slices
+            .into_iter()
+            .map(|(range, data, lines)| {
+                self.record(request, received_at_us, Some(range), data, lines)
+            })
+            .collect();
+        Decision::Write(records, request.records.saturating_sub(written))
+    }
+
+    /// A new WAL record with the next sequence number.
+    fn record(
+        &mut self,
+        request: &AppendRequest,
+        received_at_us: i64,
+        range: Option<(u64, u64)>,
+        data: bytes::Bytes,
+        records: u32,
+    ) -> WalRecord {
         let record = WalRecord {
             seq: self.next_seq,
             received_at_us,
             source: request.source.clone(),
             range,
-            records: request.records - skipped,
+            records,
             data,
         };
         self.next_seq += 1;
-        Decision::Write(record, skipped)
+        record
     }
 
     /// Starts a new segment, then deletes old ones every consumer has passed.
