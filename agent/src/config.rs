@@ -93,9 +93,13 @@ pub struct CollectorConfig {
     /// Timeout of one request, including the collector's fsync.
     #[serde(default = "default_request_timeout", with = "duration")]
     pub request_timeout: Duration,
-    /// Batches in flight at once over all files (one per file at a time).
+    /// Batches in flight at once over all files.
     #[serde(default = "default_max_in_flight")]
     pub max_in_flight: usize,
+    /// Batches of one file in flight at once (they may arrive in any order; the collector
+    /// puts each range in its place, and the checkpoint only covers acknowledged prefixes).
+    #[serde(default = "default_max_in_flight_per_file")]
+    pub max_in_flight_per_file: usize,
     /// gzip level 0-9 for request bodies; 0 sends them uncompressed.
     #[serde(default = "default_gzip_level")]
     pub gzip_level: u32,
@@ -200,6 +204,9 @@ fn default_request_timeout() -> Duration {
 fn default_max_in_flight() -> usize {
     8
 }
+fn default_max_in_flight_per_file() -> usize {
+    4
+}
 fn default_gzip_level() -> u32 {
     2
 }
@@ -302,8 +309,10 @@ impl Config {
                 self.collector.url
             )));
         }
-        if self.collector.max_in_flight == 0 {
-            return Err(invalid("collector.max_in_flight must be > 0".into()));
+        if self.collector.max_in_flight == 0 || self.collector.max_in_flight_per_file == 0 {
+            return Err(invalid(
+                "collector.max_in_flight and max_in_flight_per_file must be > 0".into(),
+            ));
         }
         if self.collector.gzip_level > 9 {
             return Err(invalid("collector.gzip_level must be 0-9".into()));

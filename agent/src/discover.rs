@@ -650,6 +650,7 @@ impl Discoverer {
             start,
             start_check,
             limits: flow.batch.clone(),
+            max_in_flight: self.config.collector.max_in_flight_per_file,
             max_line_bytes: flow.max_line_bytes,
             gzip_level: self.config.collector.gzip_level,
             poll_interval: self.config.poll_interval,

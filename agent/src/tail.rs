@@ -13,6 +13,7 @@
 //! quiet for `rotate_wait`. A file that shrinks below the read offset was truncated: the
 //! tailer ends and discovery starts it again as a new generation from byte 0.
 
+use std::collections::VecDeque;
 use std::fs::File;
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::PathBuf;
@@ -354,6 +355,8 @@ pub struct Tailer {
     pub start_check: (u32, u32),
     /// Batch limits.
     pub limits: BatchConfig,
+    /// Batches of this file sent and not yet acknowledged, at most.
+    pub max_in_flight: usize,
     /// Longer lines are cut to this many bytes.
     pub max_line_bytes: u64,
     /// gzip level of request bodies (0: none).
@@ -393,7 +396,9 @@ impl Tailer {
     /// I/O errors reading the file.
     pub async fn run(self) -> std::io::Result<TailEnd> {
         let mut pending = Pending::new(self.start);
-        let mut in_flight: Option<InFlight> = None;
+        // Sent and not yet acknowledged, oldest first; acks are taken in this order, so the
+        // checkpoint only ever covers a prefix of the file.
+        let mut in_flight: VecDeque<InFlight> = VecDeque::new();
         // The next batch, already encoded while the one before it is on the wire.
         let mut sealed: Option<Sealed> = None;
         let mut quiet_since = Instant::now();
@@ -402,6 +407,7 @@ impl Tailer {
         // Where the search for the end of a long line at an offset stopped.
         let mut long_line: Option<(u64, u64)> = None;
         let mut acked_to = self.start;
+        let mut ack_failed = false;
         let mut before = self.start_check;
         // (size, mtime) when the last read found nothing new, and polls since.
         let mut idle_at: Option<(u64, std::time::SystemTime)> = None;
@@ -467,13 +473,14 @@ impl Tailer {
                 }
             }
             let due = blocked || pending.is_due(&self.limits, Instant::now());
-            if in_flight.is_none() && (sealed.is_some() || due) {
+            let can_send = in_flight.len() < self.max_in_flight;
+            if can_send && (sealed.is_some() || due) {
                 let next = match sealed.take() {
                     Some(next) => next,
                     None => self.seal(&mut pending).await,
                 };
                 match self.send(next).await {
-                    Some(sent) => in_flight = Some(sent),
+                    Some(sent) => in_flight.push_back(sent),
                     None => break TailEnd::ShipperGone,
                 }
                 continue;
@@ -488,13 +495,13 @@ impl Tailer {
             }
             if eof
                 && pending.is_empty()
-                && in_flight.is_none()
+                && in_flight.is_empty()
                 && sealed.is_none()
                 && self.rotated_and_quiet(&mut gone_since, quiet_since)
             {
                 break TailEnd::RotatedAway;
             }
-            let deadline = if in_flight.is_none() {
+            let deadline = if can_send {
                 pending.deadline(&self.limits)
             } else {
                 None
@@ -502,13 +509,17 @@ impl Tailer {
             tokio::select! {
                 ack = wait_ack(&mut in_flight) => {
                     let (result, done) = ack;
-                    in_flight = None;
+                    in_flight.pop_front();
                     match result {
                         Ok(()) => {
                             acked_to = done.offset;
                             self.acked(done, size);
                         }
-                        Err(_) => break TailEnd::Shutdown,
+                        Err(_) => {
+                            // Later batches must not move the checkpoint past this one.
+                            ack_failed = true;
+                            break TailEnd::Shutdown;
+                        }
                     }
                 }
                 () = self.wake.notified(), if eof => idle_polls = 0,
@@ -519,12 +530,13 @@ impl Tailer {
                 () = self.shutdown.cancelled() => {}
             }
         };
-        // Stop reading, but let the batch in flight finish: its ack moves the checkpoint,
-        // so the next start does not send it again.
-        let mut delivered = true;
-        if in_flight.is_some() {
+        // Stop reading, but let the batches in flight finish: their acks move the
+        // checkpoint, so the next start does not send them again.
+        let mut delivered = !ack_failed;
+        while !in_flight.is_empty() {
             let (result, done) = wait_ack(&mut in_flight).await;
-            delivered = result.is_ok();
+            in_flight.pop_front();
+            delivered &= result.is_ok();
             if delivered {
                 self.acked(done, size);
             }
@@ -541,8 +553,10 @@ impl Tailer {
                 let Some(sent) = self.send(next).await else {
                     break;
                 };
-                in_flight = Some(sent);
-                match wait_ack(&mut in_flight).await {
+                in_flight.push_back(sent);
+                let ack = wait_ack(&mut in_flight).await;
+                in_flight.pop_front();
+                match ack {
                     (Ok(()), done) => self.acked(done, size),
                     (Err(_), _) => break,
                 }
@@ -631,9 +645,10 @@ impl Tailer {
     }
 }
 
-/// Waits for the in-flight ack; pending forever when nothing is in flight.
-async fn wait_ack(in_flight: &mut Option<InFlight>) -> (Result<(), ShipError>, Ack) {
-    match in_flight.as_mut() {
+/// Waits for the oldest in-flight ack (leaving it in the queue); pending forever when
+/// nothing is in flight.
+async fn wait_ack(in_flight: &mut VecDeque<InFlight>) -> (Result<(), ShipError>, Ack) {
+    match in_flight.front_mut() {
         Some((answer, done)) => (answer.await.unwrap_or(Err(ShipError::ShuttingDown)), *done),
         None => std::future::pending().await,
     }
