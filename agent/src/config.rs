@@ -133,9 +133,49 @@ pub struct FlowConfig {
     /// Lines at the start of every new file that are not data (a CSV header): never sent.
     #[serde(default)]
     pub skip_header_lines: usize,
+    /// Joins continuation lines to the line that starts their record; none: every line is
+    /// a record.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub multiline: Option<Multiline>,
     /// When a batch is cut.
     #[serde(default)]
     pub batch: BatchConfig,
+}
+
+/// Multiline records: a line matching `start` begins one; other lines continue it.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Multiline {
+    /// Regular expression matching the first line of every record, e.g.
+    /// `^\d{4}-\d{2}-\d{2}T`.
+    #[serde(with = "regex_text")]
+    pub start: regex::bytes::Regex,
+    /// A record with no next start line is sent after this long without a new line.
+    #[serde(default = "default_flush_after", with = "duration")]
+    pub flush_after: Duration,
+}
+
+fn default_flush_after() -> Duration {
+    Duration::from_secs(1)
+}
+
+/// A regular expression, checked when the config is read.
+mod regex_text {
+    use super::*;
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(de: D) -> Result<regex::bytes::Regex, D::Error> {
+        let text = String::deserialize(de)?;
+        regex::bytes::Regex::new(&text).map_err(|e| {
+            serde::de::Error::custom(format!("{text:?} is not a valid regular expression: {e}"))
+        })
+    }
+
+    pub fn serialize<S: Serializer>(
+        value: &regex::bytes::Regex,
+        ser: S,
+    ) -> Result<S::Ok, S::Error> {
+        ser.serialize_str(value.as_str())
+    }
 }
 
 /// Where reading starts in a file with no checkpoint.
@@ -458,6 +498,17 @@ mod tests {
         let message = err.to_string();
         assert!(
             message.contains("flows[0].batch") && message.contains("max_recods"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn a_bad_multiline_pattern_is_named_with_its_key() {
+        let text = MINIMAL.to_owned() + "    multiline: { start: \"^(unclosed\" }\n";
+        let err = Config::parse(&text, Path::new("a.yaml")).expect_err("rejected");
+        let message = err.to_string();
+        assert!(
+            message.contains("multiline") && message.contains("not a valid regular expression"),
             "{message}"
         );
     }

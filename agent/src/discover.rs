@@ -652,6 +652,7 @@ impl Discoverer {
             limits: flow.batch.clone(),
             max_in_flight: self.config.collector.max_in_flight_per_file,
             max_line_bytes: flow.max_line_bytes,
+            multiline: flow.multiline.clone(),
             gzip_level: self.config.collector.gzip_level,
             poll_interval: self.config.poll_interval,
             rotate_wait: self.config.rotate_wait,

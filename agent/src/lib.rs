@@ -18,6 +18,7 @@ pub mod config;
 pub mod discover;
 pub mod health;
 pub mod metrics;
+pub mod multiline;
 pub mod ship;
 pub mod status;
 pub mod tail;

@@ -29,7 +29,8 @@ use tracing::{debug, info, warn};
 use crate::batch::{Pending, whole_lines};
 use crate::checkpoint::{Ack, SharedCheckpoints};
 use crate::clock::Clock;
-use crate::config::BatchConfig;
+use crate::config::{BatchConfig, Multiline};
+use crate::multiline::Joiner;
 use crate::ship::{ShipError, ShipRequest};
 
 /// Batches compressed at once over all files.
@@ -359,6 +360,8 @@ pub struct Tailer {
     pub max_in_flight: usize,
     /// Longer lines are cut to this many bytes.
     pub max_line_bytes: u64,
+    /// How continuation lines are joined to their record, if they are.
+    pub multiline: Option<Multiline>,
     /// gzip level of request bodies (0: none).
     pub gzip_level: u32,
     /// Growth check interval without file events.
@@ -412,6 +415,11 @@ impl Tailer {
         // (size, mtime) when the last read found nothing new, and polls since.
         let mut idle_at: Option<(u64, std::time::SystemTime)> = None;
         let mut idle_polls = 0u32;
+        let mut joiner = self
+            .multiline
+            .as_ref()
+            .map(|m| Joiner::new(m.start.clone(), self.max_line_bytes as usize));
+        let held = |j: &Option<Joiner>| j.as_ref().map_or(0, Joiner::held);
         debug!(path = %self.path.display(), source = %self.source, offset = self.start, "Tailing.");
         let end = loop {
             if self.shutdown.is_cancelled() {
@@ -425,13 +433,14 @@ impl Tailer {
                 eof = true;
             } else if !pending.is_full(&self.limits) {
                 idle_at = None;
-                let offset = pending.next_offset();
+                // Lines of a multiline record still open were read but are not pending.
+                let offset = pending.next_offset() + held(&joiner);
                 let (records, bytes) = pending.room(&self.limits);
                 let room = Room {
                     bytes,
                     records,
                     max_line: self.max_line_bytes,
-                    alone: pending.is_empty(),
+                    alone: pending.is_empty() && held(&joiner) == 0,
                     search_from: long_line.filter(|l| l.0 == offset).map(|l| l.1),
                     before,
                 };
@@ -457,14 +466,23 @@ impl Tailer {
                         tail_check(&read.data)
                     };
                     if read.cut {
+                        flush_joiner(&mut joiner, &mut pending);
                         warn!(path = %self.path.display(), offset, bytes = read.end - offset, max_line_bytes = self.max_line_bytes, "Line longer than max_line_bytes: sending it cut, with a marker.");
                         metrics::counter!("tollstream_agent_long_lines_total").increment(1);
                         pending.push_cut(&read.data, read.end, Instant::now());
+                    } else if let Some(joiner) = joiner.as_mut() {
+                        let done = joiner.push(&read.data, Instant::now());
+                        let end = pending.next_offset() + done.data.len() as u64;
+                        pending.push(&done.data, done.records, end, Instant::now());
                     } else {
                         pending.push(&read.data, read.lines, read.end, Instant::now());
                     }
                     quiet_since = Instant::now();
                     idle_polls = 0;
+                } else if read.searched_to.is_some() && held(&joiner) > 0 {
+                    // A long line follows the open record: that record is complete.
+                    flush_joiner(&mut joiner, &mut pending);
+                    blocked = true;
                 } else if read.size > offset && !pending.is_empty() {
                     blocked = true; // The next line does not fit: send what we have.
                 } else {
@@ -495,6 +513,7 @@ impl Tailer {
             }
             if eof
                 && pending.is_empty()
+                && held(&joiner) == 0
                 && in_flight.is_empty()
                 && sealed.is_none()
                 && self.rotated_and_quiet(&mut gone_since, quiet_since)
@@ -506,6 +525,14 @@ impl Tailer {
             } else {
                 None
             };
+            let flush_at = joiner
+                .as_ref()
+                .zip(self.multiline.as_ref())
+                .and_then(|(j, m)| j.deadline(m.flush_after));
+            if flush_at.is_some_and(|t| t <= Instant::now()) {
+                flush_joiner(&mut joiner, &mut pending);
+                continue;
+            }
             tokio::select! {
                 ack = wait_ack(&mut in_flight) => {
                     let (result, done) = ack;
@@ -527,6 +554,7 @@ impl Tailer {
                     idle_polls = idle_polls.saturating_add(1);
                 }
                 () = sleep_until(deadline) => {}
+                () = sleep_until(flush_at) => {}
                 () = self.shutdown.cancelled() => {}
             }
         };
@@ -544,6 +572,7 @@ impl Tailer {
         // Lines read before a truncation exist nowhere else any more: send them now, in
         // order.
         if end == TailEnd::Truncated && delivered {
+            flush_joiner(&mut joiner, &mut pending);
             let last = if pending.is_empty() {
                 None
             } else {
@@ -651,6 +680,15 @@ async fn wait_ack(in_flight: &mut VecDeque<InFlight>) -> (Result<(), ShipError>,
     match in_flight.front_mut() {
         Some((answer, done)) => (answer.await.unwrap_or(Err(ShipError::ShuttingDown)), *done),
         None => std::future::pending().await,
+    }
+}
+
+/// Moves the open multiline record, if any, into the pending batch.
+fn flush_joiner(joiner: &mut Option<Joiner>, pending: &mut Pending) {
+    if let Some(joiner) = joiner.as_mut() {
+        let done = joiner.flush();
+        let end = pending.next_offset() + done.data.len() as u64;
+        pending.push(&done.data, done.records, end, Instant::now());
     }
 }
 

@@ -339,6 +339,8 @@ pub struct AgentSetup {
     pub poll_interval: &'static str,
     /// `collector.request_timeout`; `None` leaves the agent's default (30 s).
     pub request_timeout: Option<&'static str>,
+    /// `flows[].multiline.start` (with `flush_after: 300ms`); `None`: no joining.
+    pub multiline_start: Option<&'static str>,
 }
 
 impl Default for AgentSetup {
@@ -354,6 +356,7 @@ impl Default for AgentSetup {
             rescan_interval: None,
             poll_interval: "100ms",
             request_timeout: None,
+            multiline_start: None,
         }
     }
 }
@@ -405,10 +408,14 @@ pub fn write_agent_config(dir: &Path, setup: &AgentSetup) -> anyhow::Result<Path
         .request_timeout
         .map(|t| format!("  request_timeout: {t}\n"))
         .unwrap_or_default();
+    let multiline = setup
+        .multiline_start
+        .map(|m| format!("    multiline: {{ start: {m:?}, flush_after: 300ms }}\n"))
+        .unwrap_or_default();
     let text = format!(
         "agent_id: e2e-booth\nstate_dir: agent-state\n{metrics}collector:\n  url: http://127.0.0.1:{}\n  token_file: agent.token\n{collector_extra}\
          poll_interval: {}\n{rescan}rotate_wait: 1s\nflows:\n  - stream: toll-transactions\n    paths: [{}]\n    exclude: [{}]\n\
-         \x20   start_at: {}\n    batch: {{ max_records: {}, max_bytes: 1MiB, max_age: {} }}\n",
+         \x20   start_at: {}\n    batch: {{ max_records: {}, max_bytes: 1MiB, max_age: {} }}\n{multiline}",
         setup.collector_port,
         setup.poll_interval,
         paths.join(", "),

@@ -150,6 +150,27 @@ async fn batches_arriving_out_of_order_are_each_written_once_and_survive_recover
 }
 
 #[tokio::test]
+async fn a_multiline_record_sent_in_parts_then_whole_is_completed_not_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (wal, thread) = open(dir.path(), 1 << 20);
+    // First sent as "a" alone (its continuation was not written yet when time ran out)...
+    wal.append(batch("m/1", 0, &["a"])).await.expect("a");
+    // ...then, after a restart, read again whole: "a" + its continuation "b" + "c".
+    let whole = AppendRequest {
+        source: "m/1".into(),
+        range: Some((0, 6)),
+        data: Bytes::from_static(b"a\x1eb\nc\n"),
+        records: 2,
+    };
+    let appended = wal.append(whole).await.expect("gap written");
+    assert!(matches!(appended, Appended::Written { .. }), "{appended:?}");
+    let records = read_all(&wal, 2);
+    assert_eq!(&records[0].data[..], b"b\nc\n");
+    assert_eq!(records[0].range, Some((2, 6)));
+    close(wal, thread);
+}
+
+#[tokio::test]
 async fn recovery_cuts_a_torn_record_and_keeps_high_water_marks() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (wal, thread) = open(dir.path(), 1 << 20);

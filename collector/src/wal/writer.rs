@@ -15,6 +15,9 @@ use super::segment::{self, Durable, Segment};
 use super::{AppendRequest, Appended, Consumers, HighWater, Reply, WalError, WalRecord, snapshot};
 use crate::clock::Clock;
 
+/// The byte agents put for a line break inside a multiline record (ASCII record separator).
+const INNER_BREAK: u8 = 0x1e;
+
 /// Most requests one fsync covers; bounds the latency of the first request in a group.
 const MAX_GROUP: usize = 512;
 
@@ -366,8 +369,12 @@ impl Writer {
                 (0, request.data.len())
             };
             let data = &request.data;
-            let at_line_start = from == 0 || data.get(from - 1) == Some(&b'\n');
-            let at_line_end = to == data.len() || data.get(to - 1) == Some(&b'\n');
+            // A cut may also fall inside a multiline record (at one of its inner breaks): a
+            // record the agent sent in parts before (flushed by time) and whole after a
+            // restart. The part not held yet becomes a record of its own.
+            let boundary = |at: usize| matches!(data.get(at), Some(b'\n' | &INNER_BREAK));
+            let at_line_start = from == 0 || boundary(from - 1);
+            let at_line_end = to == data.len() || boundary(to - 1);
             if !(at_line_start && at_line_end) {
                 return Decision::Fail(WalError::Misaligned {
                     source_name: request.source.clone(),
@@ -375,7 +382,14 @@ impl Writer {
                     high_water: covered.high_water(),
                 });
             }
-            let slice = data.slice(from..to);
+            let mut slice = data.slice(from..to);
+            if slice.last() == Some(&INNER_BREAK) {
+                let mut owned = slice.to_vec();
+                if let Some(last) = owned.last_mut() {
+                    *last = b'\n';
+                }
+                slice = bytes::Bytes::from(owned);
+            }
             let lines = memchr::memchr_iter(b'\n', &slice).count() as u32;
             written += lines;
             slices.push(((a, b), slice, lines));

@@ -351,3 +351,36 @@ fn prlimit(pid: u32, files: u32) -> anyhow::Result<()> {
     anyhow::ensure!(status.success(), "prlimit exited with {status}");
     Ok(())
 }
+
+#[test]
+fn continuation_lines_travel_with_the_line_that_starts_their_record() -> anyhow::Result<()> {
+    let mut pipeline = Pipeline::start_with(|agent| agent.multiline_start = Some(r"^\d{4}-"))?;
+    let path = pipeline.dir.path().join("logs").join("booth.log");
+    let mut text = String::new();
+    for n in 0..300 {
+        text.push_str(&line(n));
+        if n % 100 == 7 {
+            // A note wrapped over two more lines: one record with its first line.
+            text.push_str("  note: lane camera restarted\n  by operator 42\n");
+        }
+    }
+    std::fs::write(&path, &text)?;
+    // The last record has no next start line: it goes after flush_after (300 ms).
+    pipeline.wait_loaded(297, 3)?;
+    pipeline.stop()?;
+    let warehouse = pipeline.warehouse()?;
+    assert_eq!(
+        warehouse.count("SELECT COUNT(*) FROM toll_transactions")?,
+        297
+    );
+    let rejected = warehouse.pairs("SELECT reason, line FROM rejected_records")?;
+    assert_eq!(rejected.len(), 3, "{rejected:?}");
+    for (_, record) in &rejected {
+        assert!(
+            record.ends_with("\u{1e}  note: lane camera restarted\u{1e}  by operator 42"),
+            "the wrapped lines are part of their record: {record:?}"
+        );
+    }
+    assert_eq!(warehouse.count("SELECT SUM(duplicates) FROM loads")?, 0);
+    Ok(())
+}
