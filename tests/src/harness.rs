@@ -341,6 +341,8 @@ pub struct AgentSetup {
     pub request_timeout: Option<&'static str>,
     /// `flows[].multiline.start` (with `flush_after: 300ms`); `None`: no joining.
     pub multiline_start: Option<&'static str>,
+    /// More keys for the flow, as YAML lines indented by four spaces.
+    pub flow_extra: &'static str,
 }
 
 impl Default for AgentSetup {
@@ -357,6 +359,7 @@ impl Default for AgentSetup {
             poll_interval: "100ms",
             request_timeout: None,
             multiline_start: None,
+            flow_extra: "",
         }
     }
 }
@@ -415,14 +418,15 @@ pub fn write_agent_config(dir: &Path, setup: &AgentSetup) -> anyhow::Result<Path
     let text = format!(
         "agent_id: e2e-booth\nstate_dir: agent-state\n{metrics}collector:\n  url: http://127.0.0.1:{}\n  token_file: agent.token\n{collector_extra}\
          poll_interval: {}\n{rescan}rotate_wait: 1s\nflows:\n  - stream: toll-transactions\n    paths: [{}]\n    exclude: [{}]\n\
-         \x20   start_at: {}\n    batch: {{ max_records: {}, max_bytes: 1MiB, max_age: {} }}\n{multiline}",
+         \x20   start_at: {}\n    batch: {{ max_records: {}, max_bytes: 1MiB, max_age: {} }}\n{multiline}{}",
         setup.collector_port,
         setup.poll_interval,
         paths.join(", "),
         exclude.join(", "),
         setup.start_at,
         setup.batch_max_records,
-        setup.batch_max_age
+        setup.batch_max_age,
+        setup.flow_extra
     );
     let path = dir.join("agent.yaml");
     std::fs::write(&path, text)?;

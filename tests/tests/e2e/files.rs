@@ -384,3 +384,72 @@ fn continuation_lines_travel_with_the_line_that_starts_their_record() -> anyhow:
     assert_eq!(warehouse.count("SELECT SUM(duplicates) FROM loads")?, 0);
     Ok(())
 }
+
+#[test]
+fn header_lines_are_skipped_old_files_ignored_until_written_and_deleted_files_let_go()
+-> anyhow::Result<()> {
+    let logs_dir = std::cell::OnceCell::new();
+    let mut pipeline = Pipeline::start_prepared(
+        |agent| agent.flow_extra = "    skip_header_lines: 1\n    ignore_older: 1d\n",
+        |dir| {
+            // Last written long ago (2020): not followed while it stays that way.
+            let old = dir.join("logs").join("old.log");
+            std::fs::write(&old, format!("header\n{}", line(900)))?;
+            let long_ago = std::time::UNIX_EPOCH + Duration::from_secs(1_577_836_800);
+            std::fs::File::options()
+                .append(true)
+                .open(&old)?
+                .set_modified(long_ago)?;
+            let _ = logs_dir.set(dir.join("logs"));
+            Ok(())
+        },
+    )?;
+    let logs = logs_dir.get().context("logs dir")?.clone();
+    let lines: Vec<String> = (0..200).map(line).collect();
+    // A CSV-style header line first: never sent.
+    std::fs::write(
+        logs.join("a.log"),
+        format!("event_time,transaction_id,...\n{}", lines[..100].concat()),
+    )?;
+    pipeline.wait_loaded(100, 0)?;
+    // The scan that found a.log also saw old.log, and left it alone.
+    let agent_log = std::fs::read_to_string(pipeline.dir.path().join("agent.log"))?;
+    assert!(
+        !agent_log.contains("old.log"),
+        "a file untouched for longer than ignore_older is not followed"
+    );
+    assert_eq!(
+        pipeline
+            .warehouse()?
+            .count("SELECT COUNT(*) FROM toll_transactions")?,
+        100
+    );
+    // The old file is written again: now it is followed (header skipped, its line sent).
+    append(&logs.join("old.log"), &lines[100..101])?;
+    pipeline.wait_loaded(102, 0)?;
+    // A deleted file is read to its end and its descriptor released.
+    append(&logs.join("a.log"), &lines[101..])?;
+    std::fs::remove_file(logs.join("a.log"))?;
+    pipeline.wait_loaded(201, 0)?;
+    let pid = pipeline.agent.pid().context("agent pid")?;
+    wait_for(
+        "the deleted file's descriptor to be closed",
+        Duration::from_secs(30),
+        || {
+            std::fs::read_dir(format!("/proc/{pid}/fd")).is_ok_and(|fds| {
+                !fds.filter_map(Result::ok)
+                    .filter_map(|fd| std::fs::read_link(fd.path()).ok())
+                    .any(|target| target.to_string_lossy().ends_with("a.log (deleted)"))
+            })
+        },
+    )?;
+    pipeline.stop()?;
+    let warehouse = pipeline.warehouse()?;
+    assert_eq!(
+        warehouse.count("SELECT COUNT(*) FROM rejected_records")?,
+        0,
+        "no header sent"
+    );
+    assert_eq!(warehouse.count("SELECT SUM(duplicates) FROM loads")?, 0);
+    Ok(())
+}
