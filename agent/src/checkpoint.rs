@@ -205,6 +205,18 @@ impl Checkpoints {
             .unwrap_or_else(|| (format!("{base}-0"), 0))
     }
 
+    /// `base-N` for an N above every generation of `base` in use and at least `floor`.
+    pub fn next_generation(&self, base: &str, floor: u32) -> (String, u32) {
+        let prefix = format!("{base}-");
+        let highest = self
+            .files
+            .keys()
+            .filter_map(|k| k.strip_prefix(&prefix)?.parse::<u32>().ok())
+            .max();
+        let generation = highest.map_or(0, |g| g.saturating_add(1)).max(floor);
+        (format!("{base}-{generation}"), generation)
+    }
+
     /// Drops entries not followed since `before` (RFC 3339, compared as timestamps) whose
     /// key `keep` does not claim; returns how many.
     pub fn prune(&mut self, before: jiff::Timestamp, keep: impl Fn(&str) -> bool) -> usize {
@@ -588,6 +600,19 @@ mod tests {
             (entry.offset, entry.file.ino, entry.file.head_crc),
             (7, 0x1a, 0xff)
         );
+    }
+
+    #[test]
+    fn generations_after_a_truncation_never_repeat_even_after_pruning() {
+        let mut checkpoints = Checkpoints::default();
+        checkpoints.set("b-0", entry(1));
+        assert_eq!(checkpoints.free_key("b"), ("b-1".into(), 1));
+        assert_eq!(checkpoints.next_generation("b", 500), ("b-500".into(), 500));
+        checkpoints.set("b-500", entry(1));
+        assert_eq!(checkpoints.next_generation("b", 10), ("b-501".into(), 501));
+        checkpoints.remove("b-500");
+        checkpoints.remove("b-0");
+        assert_eq!(checkpoints.next_generation("b", 900), ("b-900".into(), 900));
     }
 
     #[test]

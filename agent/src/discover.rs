@@ -27,8 +27,8 @@ use crate::config::{Config, FlowConfig, StartAt};
 use crate::health::Health;
 use crate::ship::ShipRequest;
 use crate::tail::{
-    FileId, Fingerprint, TailEnd, Tailer, bytes_before_match, fingerprint, same_bytes_before,
-    tail_check,
+    FileId, Fingerprint, TailEnd, Tailer, bytes_before_match, end_of_last_line, fingerprint,
+    same_bytes_before, tail_before,
 };
 
 /// Capacity of the event queue from the watcher thread; overflow is dropped (see above).
@@ -52,6 +52,8 @@ pub struct Discoverer {
     /// The same, for the scan in progress.
     unopenable_now: std::collections::BTreeMap<PathBuf, String>,
     health: Arc<Health>,
+    /// Whether the first scan has looked for files rotated away while the agent was down.
+    looked_for_rotated: bool,
     /// Descriptors that may still be opened, as of the scan in progress.
     descriptors_left: u64,
     /// Files skipped by `ignore_older` (logged once).
@@ -109,6 +111,7 @@ impl Discoverer {
             unopenable_now: std::collections::BTreeMap::new(),
             health,
             descriptors_left: u64::MAX,
+            looked_for_rotated: false,
             followed: HashMap::new(),
             matchers,
             wakes: HashMap::new(),
@@ -124,9 +127,6 @@ impl Discoverer {
         let (mut watcher, mut unwatched) = self.watch(event_tx);
         let mut rescan = tokio::time::interval(self.config.rescan_interval);
         rescan.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        rescan.tick().await;
-        self.scan();
-        self.find_rotated_away();
         loop {
             tokio::select! {
                 _ = rescan.tick() => {
@@ -319,11 +319,10 @@ impl Discoverer {
             if !intact {
                 continue;
             }
-            let flow = self
-                .matchers
-                .iter()
-                .position(|m| m.wants(&entry.path))
-                .unwrap_or(0);
+            // A file no flow wants any more (the config changed) is not sent to another.
+            let Some(flow) = self.matchers.iter().position(|m| m.wants(&entry.path)) else {
+                continue;
+            };
             info!(path = %path.display(), was = %entry.path.display(), source = %key, offset = entry.offset, "Found a file rotated out of the globs while the agent was down; reading it to its end.");
             self.follow_as(&config.flows[flow], found, key, entry.offset, true);
         }
@@ -366,6 +365,13 @@ impl Discoverer {
                 Some(key) => self.resume(&config.flows[i], file, key),
                 None => rest.push((i, file)),
             }
+        }
+        // Before new files are placed (one of them might otherwise take over a source whose
+        // file was merely rotated away), and before pruning (the agent may have been down
+        // longer than the retention).
+        if !self.looked_for_rotated {
+            self.looked_for_rotated = true;
+            self.find_rotated_away();
         }
         for (i, file) in rest {
             self.place(&config.flows[i], file);
@@ -460,6 +466,11 @@ impl Discoverer {
                 .collect()
         };
         candidates.sort_by_key(|(_, e)| std::cmp::Reverse(e.generation));
+        let held_source = {
+            let checkpoints = self.checkpoints.lock().unwrap_or_else(|p| p.into_inner());
+            self.held_copy_of(&checkpoints, &found)
+                .map(|(_, source)| source)
+        };
         for (key, entry) in candidates {
             if let Some(&live) = self.followed_keys.get(&key) {
                 match self.copy_of_live(&found, live) {
@@ -468,7 +479,13 @@ impl Discoverer {
                     None => return, // Too little written to tell yet.
                 }
             }
-            let continues = found.size >= entry.offset
+            // Only a check that reaches past the shared first line (or a copy compared with
+            // the original while it lived) proves the same content: a new file that merely
+            // starts like a rotated one must not take over its source.
+            let proven = held_source.as_ref() == Some(&key)
+                || (entry.tail_len > 0 && entry.offset > u64::from(entry.file.head_len.max(1)));
+            let continues = proven
+                && found.size >= entry.offset
                 && bytes_before_match(&found.file, entry.offset, entry.tail_len, entry.tail_crc)
                     .unwrap_or(false);
             if continues {
@@ -485,21 +502,36 @@ impl Discoverer {
             if self.followed_keys.contains_key(&source) {
                 return;
             }
-            info!(path = %found.path.display(), of = %source, "Copy holds nothing its source did not already send; following it from its end.");
-            let tail = tail_before(&found.file, found.size).unwrap_or((0, 0));
-            if let Some(entry) = self
+            let sent = self
                 .checkpoints
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
-                .get_mut(&own_key)
-            {
-                entry.copy_of = None;
-                entry.offset = found.size;
-                (entry.tail_crc, entry.tail_len) = tail;
-            }
+                .get(&source)
+                .map(|e| e.offset);
             self.copies.remove(&found.id);
-            let size = found.size;
-            return self.follow(flow, found, own_key, size);
+            let end = end_of_last_line(&found.file, found.size).unwrap_or(0);
+            if sent.is_some_and(|sent| end <= sent) {
+                info!(path = %found.path.display(), of = %source, "Copy holds nothing its source did not already send; following it from its end.");
+                let tail = tail_before(&found.file, end).unwrap_or((0, 0));
+                if let Some(entry) = self
+                    .checkpoints
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .get_mut(&own_key)
+                {
+                    entry.copy_of = None;
+                    entry.offset = end;
+                    (entry.tail_crc, entry.tail_len) = tail;
+                }
+                return self.follow(flow, found, own_key, end);
+            }
+            // Longer than what was sent, but not verifiably its continuation: send it whole
+            // as its own source (repeats, which the warehouse's key drops, rather than loss).
+            warn!(path = %found.path.display(), of = %source, "A copy no longer matches its source where that source's sending stopped; sending the copy whole as a new source.");
+            self.checkpoints
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&own_key);
         }
         self.start_new(flow, found, true);
     }
@@ -525,8 +557,13 @@ impl Discoverer {
         }
         let len = found.size.min(meta.len());
         let head = found.fingerprint.len as u64;
-        if len <= head {
-            return None;
+        if found.size <= head {
+            return None; // Nothing past the first line to compare yet.
+        }
+        if meta.len() <= head {
+            // The followed file has nothing past its first line, the found one has: not
+            // a copy of it (only files sharing a header look alike this far).
+            return Some(false);
         }
         same_bytes_before(&found.file, other, len, head).ok()
     }
@@ -585,7 +622,7 @@ impl Discoverer {
         }
         self.ignored.remove(&found.id);
         let start = if self.start_at_applies && first_sight && flow.start_at == StartAt::End {
-            crate::tail::end_of_last_line(&found.file, found.size).map(Some)
+            end_of_last_line(&found.file, found.size).map(Some)
         } else {
             offset_after_lines(&found.file, flow.skip_header_lines, found.size)
         };
@@ -599,7 +636,14 @@ impl Discoverer {
         };
         let key = {
             let mut checkpoints = self.checkpoints.lock().unwrap_or_else(|p| p.into_inner());
-            let (key, generation) = checkpoints.free_key(&found.key_base());
+            // A file's first source is generation 0, so the same file always gets the same
+            // key; later generations (truncations) never reuse a number, even after pruning.
+            let (key, generation) = if first_sight {
+                checkpoints.free_key(&found.key_base())
+            } else {
+                let floor = u32::try_from(self.clock.now().as_second()).unwrap_or(u32::MAX);
+                checkpoints.next_generation(&found.key_base(), floor)
+            };
             let tail = tail_before(&found.file, start).unwrap_or((0, 0));
             let mut entry = found.entry(start, generation);
             (entry.tail_crc, entry.tail_len) = tail;
@@ -632,6 +676,8 @@ impl Discoverer {
             let mut checkpoints = self.checkpoints.lock().unwrap_or_else(|p| p.into_inner());
             if let Some(entry) = checkpoints.get_mut(&key) {
                 entry.path = found.path.clone();
+                entry.file = found.identity();
+                entry.drained = false;
                 entry.seen_at = Some(self.clock.now().to_string());
                 if entry.offset == start {
                     start_check = (entry.tail_crc, entry.tail_len);
@@ -811,14 +857,6 @@ impl Found {
             drained: false,
         }
     }
-}
-
-/// The tail check of the bytes before `offset`.
-fn tail_before(file: &File, offset: u64) -> std::io::Result<(u32, u32)> {
-    let len = offset.min(crate::tail::TAIL_CHECK_BYTES as u64);
-    let mut buf = vec![0u8; len as usize];
-    file.read_exact_at(&mut buf, offset - len)?;
-    Ok(tail_check(&buf))
 }
 
 /// Offset just after the first `lines` lines; `None` while fewer are written.

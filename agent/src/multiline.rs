@@ -71,7 +71,7 @@ impl Joiner {
             let body = body.strip_suffix(b"\r").unwrap_or(body);
             if self.open.is_empty() {
                 self.open.extend_from_slice(line);
-            } else if self.start.is_match(body) || self.open.len() >= self.max_bytes {
+            } else if self.start.is_match(body) || self.open.len() + line.len() > self.max_bytes {
                 self.close_into(&mut done);
                 self.open.extend_from_slice(line);
             } else {

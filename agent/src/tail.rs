@@ -147,6 +147,17 @@ pub fn bytes_before_match(file: &File, offset: u64, len: u32, crc: u32) -> std::
     Ok(n == buf.len() && crc32fast::hash(&buf) == crc)
 }
 
+/// The check of the file's bytes just before `offset` (see [`bytes_before_match`]).
+///
+/// # Errors
+/// I/O errors reading the file.
+pub fn tail_before(file: &File, offset: u64) -> std::io::Result<(u32, u32)> {
+    let len = offset.min(TAIL_CHECK_BYTES as u64);
+    let mut buf = vec![0u8; len as usize];
+    file.read_exact_at(&mut buf, offset - len)?;
+    Ok(tail_check(&buf))
+}
+
 /// CRC-32 and length of the last (up to [`TAIL_CHECK_BYTES`]) bytes of `data`.
 pub fn tail_check(data: &[u8]) -> (u32, u32) {
     let tail = &data[data.len().saturating_sub(TAIL_CHECK_BYTES)..];
@@ -283,17 +294,20 @@ fn read_lines(file: &File, expect: Fingerprint, offset: u64, room: Room) -> std:
             ..Read::nothing(size, offset)
         });
     }
-    let mut kept = vec![0u8; room.max_line as usize];
+    let total = newline + 1 - offset;
+    let marker = format!(
+        " [cut by tollstream-agent: line of {total} bytes, max_line_bytes is {}]\n",
+        room.max_line
+    );
+    // The body must stay shorter than the bytes it stands for (the collector's rule for a
+    // cut line), even for a line only just over the limit.
+    let keep = room
+        .max_line
+        .min(total.saturating_sub(marker.len() as u64 + 1));
+    let mut kept = vec![0u8; keep as usize];
     let n = read_at_most(file, &mut kept, offset)?;
     kept.truncate(n);
-    let total = newline + 1 - offset;
-    kept.extend_from_slice(
-        format!(
-            " [cut by tollstream-agent: line of {total} bytes, max_line_bytes is {}]\n",
-            room.max_line
-        )
-        .as_bytes(),
-    );
+    kept.extend_from_slice(marker.as_bytes());
     Ok(Read {
         data: Bytes::from(kept),
         lines: 1,
@@ -390,6 +404,9 @@ struct Sealed {
     batch: crate::batch::Batch,
     body: Bytes,
     gzip: bool,
+    /// The check of the file's bytes just before the batch's end (what the batch holds
+    /// may differ: a cut line, multiline breaks).
+    check: (u32, u32),
 }
 
 impl Tailer {
@@ -600,23 +617,31 @@ impl Tailer {
     /// Takes the pending lines as a batch and encodes its request body.
     async fn seal(&self, pending: &mut Pending) -> Sealed {
         let batch = pending.take(&self.stream, &self.source);
-        let (level, data) = (self.gzip_level, batch.clone());
+        let (level, data, file) = (self.gzip_level, batch.clone(), self.file.clone());
         // A few compressions at a time: with many files becoming busy at once, one thread
         // (and compressor state) per file would cost hundreds of MiB for no speed.
         let permit = ENCODERS.acquire().await.ok();
         // A failed encoding task (a panic) leaves the raw lines, sent uncompressed.
-        let body = tokio::task::spawn_blocking(move || data.encode(level))
-            .await
-            .ok();
+        let encoded = tokio::task::spawn_blocking(move || {
+            let check = tail_before(&file, data.end()).unwrap_or((0, 0));
+            (data.encode(level), check)
+        })
+        .await
+        .ok();
         drop(permit);
-        let gzip = body.is_some() && level > 0;
-        let body = body.unwrap_or_else(|| batch.data.clone());
-        Sealed { batch, body, gzip }
+        let gzip = encoded.is_some() && level > 0;
+        let (body, check) = encoded.unwrap_or_else(|| (batch.data.clone(), (0, 0)));
+        Sealed {
+            batch,
+            body,
+            gzip,
+            check,
+        }
     }
 
     /// Hands a sealed batch to the shipper; `None` if it has stopped.
     async fn send(&self, sealed: Sealed) -> Option<InFlight> {
-        let (tail_crc, tail_len) = tail_check(&sealed.batch.data);
+        let (tail_crc, tail_len) = sealed.check;
         let done = Ack {
             offset: sealed.batch.end(),
             size: 0,
@@ -797,6 +822,29 @@ mod tests {
         );
         let read = read_lines(&file, fp, read.end, limits).expect("read");
         assert_eq!(&read.data[..], b"next\n");
+    }
+
+    #[test]
+    fn a_line_just_over_the_limit_is_cut_shorter_than_the_bytes_it_stands_for() {
+        let (mut tmp, file) = file_with(b"ok\n");
+        let fp = fingerprint(&file).expect("fp").expect("first line");
+        tmp.write_all(&[b'y'; 1010]).expect("append");
+        tmp.write_all(b"\n").expect("append");
+        let limits = Room {
+            max_line: 1000,
+            ..room(100)
+        };
+        let read = read_lines(&file, fp, 3, limits).expect("read");
+        assert!(read.cut);
+        assert!(
+            (read.data.len() as u64) < read.end - 3,
+            "{} bytes",
+            read.data.len()
+        );
+        assert!(
+            read.data
+                .ends_with(b"line of 1011 bytes, max_line_bytes is 1000]\n")
+        );
     }
 
     #[test]

@@ -367,11 +367,25 @@ fn continuation_lines_travel_with_the_line_that_starts_their_record() -> anyhow:
     std::fs::write(&path, &text)?;
     // The last record has no next start line: it goes after flush_after (300 ms).
     pipeline.wait_loaded(297, 3)?;
+    // A restart resumes where it was: the check of the bytes before the offset is of the
+    // file's bytes, not of the joined record that was sent.
+    pipeline
+        .agent
+        .wait_started("Agent started.", Duration::from_secs(30))?;
+    assert!(pipeline.agent.terminate(EXIT_TIMEOUT)?.success());
+    pipeline.agent.start()?;
+    append(&path, &[line(300)])?;
+    pipeline.wait_loaded(298, 3)?;
+    let agent_log = std::fs::read_to_string(pipeline.dir.path().join("agent.log"))?;
+    assert!(
+        !agent_log.contains("truncated or rewritten"),
+        "resumed, not read again as a new source"
+    );
     pipeline.stop()?;
     let warehouse = pipeline.warehouse()?;
     assert_eq!(
         warehouse.count("SELECT COUNT(*) FROM toll_transactions")?,
-        297
+        298
     );
     let rejected = warehouse.pairs("SELECT reason, line FROM rejected_records")?;
     assert_eq!(rejected.len(), 3, "{rejected:?}");
