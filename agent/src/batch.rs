@@ -28,6 +28,9 @@ pub struct Batch {
     pub records: usize,
     /// The lines, each ending in `\n`.
     pub data: Bytes,
+    /// CRC-32 and length of the file's bytes just before `end`: what the checkpoint checks
+    /// when reading resumes there.
+    pub check: (u32, u32),
 }
 
 impl Batch {
@@ -48,6 +51,7 @@ impl Batch {
             end: self.start + cut as u64,
             records: half,
             data: self.data.slice(..cut),
+            check: file_check(&self.data[..cut]),
             ..self.clone()
         };
         let second = Batch {
@@ -84,6 +88,8 @@ pub struct Pending {
     since: Option<Instant>,
     /// Holds a cut long line, which travels alone.
     closed: bool,
+    /// For a cut line: the check of the file's bytes before its end (its data is not them).
+    cut_check: Option<(u32, u32)>,
 }
 
 impl Pending {
@@ -96,6 +102,7 @@ impl Pending {
             records: 0,
             since: None,
             closed: false,
+            cut_check: None,
         }
     }
 
@@ -148,14 +155,16 @@ impl Pending {
 
     /// Adds one line cut to `max_line_bytes` that stands for the file bytes up to `end`;
     /// nothing more joins it.
-    pub fn push_cut(&mut self, line: &[u8], end: u64, now: Instant) {
+    pub fn push_cut(&mut self, line: &[u8], end: u64, check: (u32, u32), now: Instant) {
         self.push(line, 1, end, now);
         self.closed = true;
+        self.cut_check = Some(check);
     }
 
     /// Takes the pending lines as a batch; the next batch starts where this one ends.
     pub fn take(&mut self, stream: &str, source: &str) -> Batch {
         let data = self.data.split().freeze();
+        let check = self.cut_check.take().unwrap_or_else(|| file_check(&data));
         let batch = Batch {
             stream: stream.to_owned(),
             source: source.to_owned(),
@@ -163,6 +172,7 @@ impl Pending {
             end: self.end,
             records: self.records,
             data,
+            check,
         };
         self.start = self.end;
         self.records = 0;
@@ -170,6 +180,26 @@ impl Pending {
         self.closed = false;
         batch
     }
+}
+
+/// The check of the file's bytes that `data` ends with: lines as read, where multiline
+/// joining only turned some `\n` into 0x1E (one byte for one), which is undone here.
+fn file_check(data: &[u8]) -> (u32, u32) {
+    let tail = &data[data.len().saturating_sub(crate::tail::TAIL_CHECK_BYTES)..];
+    if !tail.contains(&crate::multiline::INNER_BREAK) {
+        return crate::tail::tail_check(tail);
+    }
+    let raw: Vec<u8> = tail
+        .iter()
+        .map(|&b| {
+            if b == crate::multiline::INNER_BREAK {
+                b'\n'
+            } else {
+                b
+            }
+        })
+        .collect();
+    crate::tail::tail_check(&raw)
 }
 
 /// Splits `buf` (bytes read from the file) at the end of its last whole line, or of its
@@ -238,6 +268,7 @@ mod tests {
             end: 8,
             records: 2,
             data: Bytes::from_static(b"a,b\nc,d\n"),
+            check: (0, 0),
         };
         let mut out = Vec::new();
         flate2::read::GzDecoder::new(&batch.encode(2)[..])
@@ -256,6 +287,7 @@ mod tests {
             end: 20,
             records: 3,
             data: Bytes::from_static(b"a,b\nc\nd,e\n"),
+            check: (0, 0),
         };
         let (first, second) = batch.split().expect("splits");
         assert_eq!((first.start, first.end, first.records), (10, 14, 1));

@@ -70,6 +70,9 @@ pub struct Entry {
     /// is nothing more to look for after a restart.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub drained: bool,
+    /// The collector stream its flow sends to (empty in state from before it was kept).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub stream: String,
 }
 
 /// Which file holds a source: device, inode, birth time and first line.
@@ -506,6 +509,7 @@ mod tests {
             copy_of: None,
             seen_at: None,
             drained: false,
+            stream: String::new(),
         }
     }
 

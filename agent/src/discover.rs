@@ -319,8 +319,14 @@ impl Discoverer {
             if !intact {
                 continue;
             }
-            // A file no flow wants any more (the config changed) is not sent to another.
-            let Some(flow) = self.matchers.iter().position(|m| m.wants(&entry.path)) else {
+            // The flow it was followed by (its path now may match no glob); a source of a
+            // stream no flow sends to any more is not sent to another.
+            let flow = if entry.stream.is_empty() {
+                self.matchers.iter().position(|m| m.wants(&entry.path))
+            } else {
+                config.flows.iter().position(|f| f.stream == entry.stream)
+            };
+            let Some(flow) = flow else {
                 continue;
             };
             info!(path = %path.display(), was = %entry.path.display(), source = %key, offset = entry.offset, "Found a file rotated out of the globs while the agent was down; reading it to its end.");
@@ -678,6 +684,7 @@ impl Discoverer {
                 entry.path = found.path.clone();
                 entry.file = found.identity();
                 entry.drained = false;
+                entry.stream.clone_from(&flow.stream);
                 entry.seen_at = Some(self.clock.now().to_string());
                 if entry.offset == start {
                     start_check = (entry.tail_crc, entry.tail_len);
@@ -855,6 +862,7 @@ impl Found {
             copy_of: None,
             seen_at: None,
             drained: false,
+            stream: String::new(),
         }
     }
 }

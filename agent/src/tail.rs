@@ -194,6 +194,8 @@ struct Read {
     replaced: bool,
     /// `data` is one line cut to `max_line_bytes`; it travels in a batch of its own.
     cut: bool,
+    /// For a cut line: the check of the file's bytes just before `end`.
+    cut_check: (u32, u32),
     /// For a long line whose newline is not written yet: how far it was searched.
     searched_to: Option<u64>,
 }
@@ -207,6 +209,7 @@ impl Read {
             size,
             replaced: false,
             cut: false,
+            cut_check: (0, 0),
             searched_to: None,
         }
     }
@@ -308,11 +311,13 @@ fn read_lines(file: &File, expect: Fingerprint, offset: u64, room: Room) -> std:
     let n = read_at_most(file, &mut kept, offset)?;
     kept.truncate(n);
     kept.extend_from_slice(marker.as_bytes());
+    let cut_check = tail_before(file, newline + 1)?;
     Ok(Read {
         data: Bytes::from(kept),
         lines: 1,
         end: newline + 1,
         cut: true,
+        cut_check,
         ..Read::nothing(size, offset)
     })
 }
@@ -404,9 +409,6 @@ struct Sealed {
     batch: crate::batch::Batch,
     body: Bytes,
     gzip: bool,
-    /// The check of the file's bytes just before the batch's end (what the batch holds
-    /// may differ: a cut line, multiline breaks).
-    check: (u32, u32),
 }
 
 impl Tailer {
@@ -486,7 +488,7 @@ impl Tailer {
                         flush_joiner(&mut joiner, &mut pending);
                         warn!(path = %self.path.display(), offset, bytes = read.end - offset, max_line_bytes = self.max_line_bytes, "Line longer than max_line_bytes: sending it cut, with a marker.");
                         metrics::counter!("tollstream_agent_long_lines_total").increment(1);
-                        pending.push_cut(&read.data, read.end, Instant::now());
+                        pending.push_cut(&read.data, read.end, read.cut_check, Instant::now());
                     } else if let Some(joiner) = joiner.as_mut() {
                         let done = joiner.push(&read.data, Instant::now());
                         let end = pending.next_offset() + done.data.len() as u64;
@@ -617,31 +619,23 @@ impl Tailer {
     /// Takes the pending lines as a batch and encodes its request body.
     async fn seal(&self, pending: &mut Pending) -> Sealed {
         let batch = pending.take(&self.stream, &self.source);
-        let (level, data, file) = (self.gzip_level, batch.clone(), self.file.clone());
+        let (level, data) = (self.gzip_level, batch.clone());
         // A few compressions at a time: with many files becoming busy at once, one thread
         // (and compressor state) per file would cost hundreds of MiB for no speed.
         let permit = ENCODERS.acquire().await.ok();
         // A failed encoding task (a panic) leaves the raw lines, sent uncompressed.
-        let encoded = tokio::task::spawn_blocking(move || {
-            let check = tail_before(&file, data.end()).unwrap_or((0, 0));
-            (data.encode(level), check)
-        })
-        .await
-        .ok();
+        let body = tokio::task::spawn_blocking(move || data.encode(level))
+            .await
+            .ok();
         drop(permit);
-        let gzip = encoded.is_some() && level > 0;
-        let (body, check) = encoded.unwrap_or_else(|| (batch.data.clone(), (0, 0)));
-        Sealed {
-            batch,
-            body,
-            gzip,
-            check,
-        }
+        let gzip = body.is_some() && level > 0;
+        let body = body.unwrap_or_else(|| batch.data.clone());
+        Sealed { batch, body, gzip }
     }
 
     /// Hands a sealed batch to the shipper; `None` if it has stopped.
     async fn send(&self, sealed: Sealed) -> Option<InFlight> {
-        let (tail_crc, tail_len) = sealed.check;
+        let (tail_crc, tail_len) = sealed.batch.check;
         let done = Ack {
             offset: sealed.batch.end(),
             size: 0,
