@@ -299,17 +299,16 @@ fn files_that_cannot_be_opened_make_the_agent_unready_and_are_read_once_they_can
         "/readyz to report unopenable files",
         Duration::from_secs(30),
         || match tollstream_tests::harness::http_get(addr, "/readyz") {
-            Some((503, text)) if text.contains("60 matched files cannot be opened") => {
+            // How many of the 60 still got a descriptor depends on how many the agent
+            // already holds (runtime threads, sockets): some, never all of them.
+            Some((503, text)) if unopenable_count(&text).is_some_and(|n| n > 0) => {
                 body = text;
                 true
             }
             _ => false,
         },
     )?;
-    assert!(
-        body.contains("60 matched files") && body.contains("open-files limit"),
-        "{body}"
-    );
+    assert!(body.contains("open-files limit"), "{body}");
     // The operator raises the limit: the next rescans open every file.
     prlimit(pid, original)?;
     pipeline.wait_loaded(60, 0)?;
@@ -324,6 +323,16 @@ fn files_that_cannot_be_opened_make_the_agent_unready_and_are_read_once_they_can
         0
     );
     Ok(())
+}
+
+/// The number in /readyz's "N matched files cannot be opened".
+fn unopenable_count(body: &str) -> Option<u32> {
+    let (before, _) = body.split_once(" matched files cannot be opened")?;
+    before
+        .rsplit(|c: char| !c.is_ascii_digit())
+        .next()?
+        .parse()
+        .ok()
 }
 
 /// A process's soft open-files limit, from `/proc/<pid>/limits`.
