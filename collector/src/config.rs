@@ -69,6 +69,9 @@ pub struct Config {
     /// Write-ahead log tuning.
     #[serde(default)]
     pub wal: WalConfig,
+    /// Free-space guard of `data_dir`.
+    #[serde(default)]
+    pub disk: DiskConfig,
     /// Stream name → definition. The toll stream is the shipped default.
     #[serde(default = "default_streams")]
     pub streams: BTreeMap<String, StreamConfig>,
@@ -101,16 +104,42 @@ impl Default for WarehouseConfig {
     }
 }
 
-/// Limits on one ingest request.
+/// Limits and timeouts of the ingest API: what one request, one connection and all of them
+/// together may cost.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct IngestConfig {
-    /// Largest request body as sent (compressed), default 16MiB.
+    /// Largest request body as sent (compressed), default 16MiB. Larger: 413.
     #[serde(with = "size")]
     pub max_body_bytes: u64,
-    /// Largest body after gzip decompression, default 64MiB.
+    /// Largest body after gzip decompression, default 64MiB. Larger (a gzip bomb): 413.
     #[serde(with = "size")]
     pub max_decompressed_bytes: u64,
+    /// Most lines in one batch, default 100000. More: 413.
+    pub max_records_per_batch: u32,
+    /// Longest line, newline included, default 2MiB. Keep it above the agents'
+    /// `max_line_bytes` plus 100 bytes (the marker of a cut line). Longer: 413.
+    #[serde(with = "size")]
+    pub max_line_bytes: u64,
+    /// Memory all requests in progress may hold together (bodies as received and
+    /// decompressed, until the WAL has them), default 256MiB. Past it: 429.
+    #[serde(with = "size")]
+    pub max_buffered_bytes: u64,
+    /// Open connections at most, default 4096; further connections are closed at once.
+    pub max_connections: usize,
+    /// Time a new connection (or a keep-alive one, for its next request) has to send a
+    /// complete request head, default 10s (slowloris protection).
+    #[serde(with = "duration")]
+    pub header_timeout: Duration,
+    /// Time a request has to deliver its whole body, default 60s. Slower: 408.
+    #[serde(with = "duration")]
+    pub body_timeout: Duration,
+    /// A connection with no traffic at all for this long is closed, default 90s.
+    #[serde(with = "duration")]
+    pub idle_timeout: Duration,
+    /// Serve HTTPS with these PEM files instead of plain HTTP.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsConfig>,
 }
 
 impl Default for IngestConfig {
@@ -118,8 +147,26 @@ impl Default for IngestConfig {
         Self {
             max_body_bytes: 16 << 20,
             max_decompressed_bytes: 64 << 20,
+            max_records_per_batch: 100_000,
+            max_line_bytes: 2 << 20,
+            max_buffered_bytes: 256 << 20,
+            max_connections: 4096,
+            header_timeout: Duration::from_secs(10),
+            body_timeout: Duration::from_secs(60),
+            idle_timeout: Duration::from_secs(90),
+            tls: None,
         }
     }
+}
+
+/// Certificate and key for HTTPS ingest.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM certificate chain, leaf first. Relative to the config file.
+    pub cert_file: PathBuf,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1). Relative to the config file.
+    pub key_file: PathBuf,
 }
 
 /// Write-ahead log tuning.
@@ -129,12 +176,38 @@ pub struct WalConfig {
     /// A segment file is closed and a new one started past this size, default 64MiB.
     #[serde(with = "size")]
     pub segment_bytes: u64,
+    /// Most bytes one stream's WAL may hold on disk, default 4GiB. Past it (the archive
+    /// stage is behind), ingest answers 503 with Retry-After until segments are archived
+    /// and deleted. At least twice `segment_bytes`.
+    #[serde(with = "size")]
+    pub max_bytes: u64,
 }
 
 impl Default for WalConfig {
     fn default() -> Self {
         Self {
             segment_bytes: 64 << 20,
+            max_bytes: 4 << 30,
+        }
+    }
+}
+
+/// Disk-space guard of the data directory.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DiskConfig {
+    /// Ingest answers 503 with Retry-After while the data directory's file system has less
+    /// free space than this, default 256MiB: the reserve lets the archive and warehouse
+    /// drain the WAL, after which its segments are deleted. 0 turns the guard off (a full
+    /// disk then still only refuses the batches it could not write).
+    #[serde(with = "size")]
+    pub min_free_bytes: u64,
+}
+
+impl Default for DiskConfig {
+    fn default() -> Self {
+        Self {
+            min_free_bytes: 256 << 20,
         }
     }
 }
@@ -154,10 +227,11 @@ pub struct StreamConfig {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct BufferConfig {
-    /// Cut an object once this many uncompressed bytes are buffered, default 8MiB.
+    /// Cut an object once this many uncompressed bytes are buffered: 1MiB to 128MiB,
+    /// default 8MiB.
     #[serde(with = "size")]
     pub max_bytes: u64,
-    /// Cut an object once its oldest record has waited this long, default 2s.
+    /// Cut an object once its oldest record has waited this long: 1s to 15min, default 1s.
     #[serde(with = "duration")]
     pub max_age: Duration,
 }
@@ -166,10 +240,15 @@ impl Default for BufferConfig {
     fn default() -> Self {
         Self {
             max_bytes: 8 << 20,
-            max_age: Duration::from_secs(2),
+            max_age: Duration::from_secs(1),
         }
     }
 }
+
+const MIN_BUFFER_BYTES: u64 = 1 << 20;
+const MAX_BUFFER_BYTES: u64 = 128 << 20;
+const MIN_BUFFER_AGE: Duration = Duration::from_secs(1);
+const MAX_BUFFER_AGE: Duration = Duration::from_secs(15 * 60);
 
 fn default_timezone() -> String {
     "America/Sao_Paulo".into()
@@ -209,6 +288,10 @@ impl Config {
         let base = base.as_path();
         config.data_dir = resolve(base, &config.data_dir);
         config.auth.agent_tokens_file = resolve(base, &config.auth.agent_tokens_file);
+        if let Some(tls) = &mut config.ingest.tls {
+            tls.cert_file = resolve(base, &tls.cert_file);
+            tls.key_file = resolve(base, &tls.key_file);
+        }
         config.validate(path)?;
         Ok(config)
     }
@@ -271,19 +354,61 @@ impl Config {
                     stream.table
                 )));
             }
-            if stream.buffer.max_bytes < 1024 {
+            if !(MIN_BUFFER_BYTES..=MAX_BUFFER_BYTES).contains(&stream.buffer.max_bytes) {
                 return Err(invalid(format!(
-                    "streams.{name}.buffer.max_bytes must be >= 1KiB"
+                    "streams.{name}.buffer.max_bytes must be between 1MiB and 128MiB"
                 )));
             }
-            if stream.buffer.max_age < Duration::from_millis(10) {
+            if !(MIN_BUFFER_AGE..=MAX_BUFFER_AGE).contains(&stream.buffer.max_age) {
                 return Err(invalid(format!(
-                    "streams.{name}.buffer.max_age must be >= 10ms"
+                    "streams.{name}.buffer.max_age must be between 1s and 15m"
                 )));
             }
         }
         if self.wal.segment_bytes < 64 * 1024 {
             return Err(invalid("wal.segment_bytes must be >= 64KiB".into()));
+        }
+        if self.wal.max_bytes < 2 * self.wal.segment_bytes {
+            return Err(invalid(
+                "wal.max_bytes must be at least twice wal.segment_bytes (a full segment is \
+                 deleted only once the next one has started)"
+                    .into(),
+            ));
+        }
+        let ingest = &self.ingest;
+        if ingest.max_buffered_bytes < ingest.max_body_bytes + ingest.max_decompressed_bytes {
+            return Err(invalid(
+                "ingest.max_buffered_bytes must hold at least one request: >= \
+                 ingest.max_body_bytes + ingest.max_decompressed_bytes"
+                    .into(),
+            ));
+        }
+        if ingest.max_line_bytes < 128 {
+            return Err(invalid("ingest.max_line_bytes must be >= 128B".into()));
+        }
+        if ingest.max_records_per_batch == 0 || ingest.max_connections == 0 {
+            return Err(invalid(
+                "ingest.max_records_per_batch and ingest.max_connections must be >= 1".into(),
+            ));
+        }
+        for (key, value) in [
+            ("header_timeout", ingest.header_timeout),
+            ("body_timeout", ingest.body_timeout),
+            ("idle_timeout", ingest.idle_timeout),
+        ] {
+            if value < Duration::from_millis(100) {
+                return Err(invalid(format!("ingest.{key} must be >= 100ms")));
+            }
+        }
+        if let Some(tls) = &ingest.tls {
+            for (key, path) in [("cert_file", &tls.cert_file), ("key_file", &tls.key_file)] {
+                if !path.is_file() {
+                    return Err(invalid(format!(
+                        "ingest.tls.{key}: {} is not a readable file",
+                        path.display()
+                    )));
+                }
+            }
         }
         if self.ingest.max_decompressed_bytes < self.ingest.max_body_bytes {
             return Err(invalid(
@@ -408,13 +533,13 @@ mod tests {
     #[test]
     fn sizes_and_durations_parse_with_units() {
         let text = format!(
-            "{MINIMAL}streams:\n  s:\n    table: t\n    buffer: {{ max_bytes: 1MiB, max_age: 500ms }}\n"
+            "{MINIMAL}streams:\n  s:\n    table: t\n    buffer: {{ max_bytes: 1MiB, max_age: 1500ms }}\n"
         );
         let config = Config::parse(&text, Path::new("c.yaml")).expect("parses");
         assert_eq!(config.streams["s"].buffer.max_bytes, 1 << 20);
         assert_eq!(
             config.streams["s"].buffer.max_age,
-            Duration::from_millis(500)
+            Duration::from_millis(1500)
         );
     }
 

@@ -15,7 +15,9 @@ pub mod archive;
 pub mod buffer;
 pub mod clock;
 pub mod config;
+pub mod disk;
 mod fsutil;
+pub mod health;
 pub mod ingest;
 pub mod metrics;
 pub mod schema;
@@ -28,7 +30,7 @@ use std::sync::{Arc, Mutex};
 
 use anyhow::Context;
 use tokio::net::TcpListener;
-use tokio::sync::mpsc;
+use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
@@ -37,7 +39,9 @@ use crate::archive::Archive;
 use crate::buffer::Buffer;
 use crate::clock::Clock;
 use crate::config::Config;
-use crate::ingest::{IngestState, Tokens};
+use crate::disk::DiskGuard;
+use crate::ingest::server::{ServerOptions, TlsFiles};
+use crate::ingest::{BatchLimits, BodyLimits, Budget, IngestState, TokenStore};
 use crate::schema::Schema;
 use crate::wal::{Wal, WalOptions};
 use crate::warehouse::{Loader, SqliteWarehouse, Warehouse};
@@ -52,6 +56,7 @@ pub struct Listeners {
 
 /// Runs the collector until `shutdown` is cancelled, then drains: stops accepting, lets the
 /// WAL, buffer and loader finish what they hold (up to `shutdown_grace`), and returns.
+/// Each notification of `reload` (SIGHUP) reads the agent tokens and TLS files again.
 ///
 /// # Errors
 /// Start-up failures (unreadable state, corrupt WAL, warehouse unavailable at open).
@@ -60,6 +65,7 @@ pub async fn run(
     listeners: Listeners,
     metrics: metrics_exporter_prometheus::PrometheusHandle,
     clock: Arc<dyn Clock>,
+    reload: Arc<Notify>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let data_dir = &config.data_dir;
@@ -67,7 +73,12 @@ pub async fn run(
         let dir = data_dir.join(sub);
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     }
-    let tokens = Tokens::load(&config.auth.agent_tokens_file)?;
+    let tokens = Arc::new(TokenStore::open(&config.auth.agent_tokens_file)?);
+    let tls = match &config.ingest.tls {
+        Some(tls) => Some(Arc::new(TlsFiles::load(&tls.cert_file, &tls.key_file)?)),
+        None => None,
+    };
+    let disk = DiskGuard::new(data_dir, config.disk.min_free_bytes);
     let warehouse_path = config.warehouse_path().map_err(anyhow::Error::msg)?;
     let mut warehouse = SqliteWarehouse::open(&warehouse_path)
         .with_context(|| format!("opening warehouse {}", warehouse_path.display()))?;
@@ -144,21 +155,38 @@ pub async fn run(
         });
         wals.insert(name.clone(), wal);
     }
+    let readiness = Arc::new(health::Readiness {
+        streams: wals.iter().map(|(n, w)| (n.clone(), w.clone())).collect(),
+        wal_max_bytes: config.wal.max_bytes,
+        disk: disk.clone(),
+    });
+    let ingest = &config.ingest;
     let state = Arc::new(IngestState {
         streams: wals,
-        tokens,
-        max_decompressed_bytes: config.ingest.max_decompressed_bytes,
+        tokens: tokens.clone(),
+        body: BodyLimits {
+            max_body_bytes: ingest.max_body_bytes,
+            max_decompressed_bytes: ingest.max_decompressed_bytes,
+            body_timeout: ingest.body_timeout,
+        },
+        batch: BatchLimits {
+            max_records: ingest.max_records_per_batch,
+            max_line_bytes: ingest.max_line_bytes,
+        },
+        budget: Budget::new(ingest.max_buffered_bytes),
+        wal_max_bytes: config.wal.max_bytes,
+        disk: disk.clone(),
     });
-    let app = ingest::router(
-        state,
-        usize::try_from(config.ingest.max_body_bytes).unwrap_or(usize::MAX),
-    )
-    .merge(metrics::health_router());
+    let app = ingest::router(state).merge(health::router(readiness.clone()));
     let ingest_addr = listeners.ingest.local_addr()?;
+    // Background tasks that end with the server rather than drain with the pipeline.
+    let side = CancellationToken::new();
+    tokio::spawn(disk.clone().watch(side.clone()));
+    tokio::spawn(reload_on_signal(reload, tokens, tls.clone(), side.clone()));
     if let Some(listener) = listeners.metrics {
         let addr = listener.local_addr()?;
         let token = shutdown.clone();
-        let app = metrics::router(metrics).merge(metrics::health_router());
+        let app = metrics::router(metrics).merge(health::router(readiness));
         tracker.spawn(async move {
             if let Err(error) = axum::serve(listener, app)
                 .with_graceful_shutdown(token.cancelled_owned())
@@ -169,11 +197,16 @@ pub async fn run(
         });
         info!(%addr, "Serving /metrics.");
     }
-    info!(addr = %ingest_addr, data_dir = %data_dir.display(), warehouse = %warehouse_path.display(), "Collector ready.");
-    axum::serve(listeners.ingest, app)
-        .with_graceful_shutdown(shutdown.clone().cancelled_owned())
-        .await
-        .context("serving ingest")?;
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    info!(addr = %ingest_addr, scheme, data_dir = %data_dir.display(), warehouse = %warehouse_path.display(), "Collector ready.");
+    let options = ServerOptions {
+        max_connections: ingest.max_connections,
+        header_timeout: ingest.header_timeout,
+        idle_timeout: ingest.idle_timeout,
+        drain_timeout: ingest.body_timeout,
+    };
+    ingest::server::serve(listeners.ingest, app, options, tls, shutdown.clone()).await;
+    side.cancel();
     // The server (and with it every WAL handle) is gone: the writers drain and stop, which
     // ends the buffers, which end the loaders.
     info!("Ingest stopped; draining WAL, buffers and loaders.");
@@ -189,4 +222,27 @@ pub async fn run(
     }
     info!("Collector stopped.");
     Ok(())
+}
+
+/// Reads the agent tokens (and TLS files) again at each notification, until `stop`.
+async fn reload_on_signal(
+    reload: Arc<Notify>,
+    tokens: Arc<TokenStore>,
+    tls: Option<Arc<TlsFiles>>,
+    stop: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = reload.notified() => {}
+        }
+        let (tokens, tls) = (tokens.clone(), tls.clone());
+        let _ = tokio::task::spawn_blocking(move || {
+            tokens.reload();
+            if let Some(tls) = tls {
+                tls.reload();
+            }
+        })
+        .await;
+    }
 }

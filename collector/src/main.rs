@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use tollstream_collector::clock::SystemClock;
@@ -93,6 +94,17 @@ fn yaml_like(config: &Config) -> anyhow::Result<String> {
 }
 
 fn serve(config: Config) -> anyhow::Result<()> {
+    // Every connection is a descriptor: take the hard limit (systemd's LimitNOFILE).
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) if (limit as usize) < config.ingest.max_connections + 256 => tracing::warn!(
+            limit,
+            max_connections = config.ingest.max_connections,
+            "The open-files limit is below ingest.max_connections plus what the WAL, archive \
+             and warehouse need; raise LimitNOFILE / ulimit -n."
+        ),
+        Ok(_) => {}
+        Err(error) => tracing::warn!(%error, "Could not raise the open-files limit."),
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -111,33 +123,44 @@ fn serve(config: Config) -> anyhow::Result<()> {
         };
         let handle = tollstream_collector::metrics::install()?;
         let shutdown = CancellationToken::new();
-        tokio::spawn(wait_for_signal(shutdown.clone()));
+        let reload = Arc::new(Notify::new());
+        tokio::spawn(wait_for_signals(shutdown.clone(), reload.clone()));
         run(
             config,
             Listeners { ingest, metrics },
             handle,
             Arc::new(SystemClock),
+            reload,
             shutdown,
         )
         .await
     })
 }
 
-/// Cancels `token` on SIGTERM or SIGINT.
-async fn wait_for_signal(token: CancellationToken) {
+/// Cancels `token` on SIGTERM or SIGINT; notifies `reload` on SIGHUP.
+async fn wait_for_signals(token: CancellationToken, reload: Arc<Notify>) {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (
+    let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),
+        signal(SignalKind::hangup()),
     ) else {
         tracing::warn!("Could not install signal handlers; stop with SIGKILL.");
         return;
     };
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM received; shutting down."),
-        _ = int.recv() => tracing::info!("SIGINT received; shutting down."),
+    loop {
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM received; shutting down."),
+            _ = int.recv() => tracing::info!("SIGINT received; shutting down."),
+            _ = hup.recv() => {
+                tracing::info!("SIGHUP received; reloading agent tokens and TLS files.");
+                reload.notify_one();
+                continue;
+            }
+        }
+        token.cancel();
+        return;
     }
-    token.cancel();
 }
 
 fn init_tracing() {

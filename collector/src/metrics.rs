@@ -1,11 +1,9 @@
-//! Metrics: the Prometheus recorder, metric descriptions, and the `/metrics`,
-//! `/healthz` and `/readyz` routes.
+//! Metrics: the Prometheus recorder, metric descriptions, and the `/metrics` route.
 
 use axum::Router;
-use axum::http::{StatusCode, header};
-use axum::response::IntoResponse;
+use axum::http::header;
 use axum::routing::get;
-use metrics::{Unit, describe_counter, describe_histogram};
+use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
 /// Installs the global recorder (once per process) and describes every metric.
@@ -91,6 +89,49 @@ fn describe() {
         "tollstream_collector_load_errors_total",
         "Failed warehouse loads (retried)."
     );
+    describe_counter!(
+        "tollstream_collector_wal_gaps_given_up_total",
+        "Sources whose accepted ranges had too many gaps; the oldest gap was taken as delivered."
+    );
+    describe_gauge!(
+        "tollstream_collector_wal_disk_bytes",
+        Unit::Bytes,
+        "Bytes a stream's WAL segments take on disk (limit: wal.max_bytes)."
+    );
+    describe_gauge!(
+        "tollstream_collector_disk_free_bytes",
+        Unit::Bytes,
+        "Free space of the data directory's file system (reserve: disk.min_free_bytes)."
+    );
+    describe_gauge!(
+        "tollstream_collector_connections",
+        "Open ingest connections (limit: ingest.max_connections)."
+    );
+    describe_counter!(
+        "tollstream_collector_connections_refused_total",
+        "Connections closed at once because ingest.max_connections were open."
+    );
+    describe_counter!(
+        "tollstream_collector_connections_idle_closed_total",
+        "Connections closed after ingest.idle_timeout without traffic."
+    );
+    describe_counter!(
+        "tollstream_collector_accept_errors_total",
+        "Failed accepts (e.g. out of file descriptors)."
+    );
+    describe_counter!(
+        "tollstream_collector_tls_handshake_errors_total",
+        "TLS handshakes that failed or timed out."
+    );
+    describe_counter!(
+        "tollstream_collector_reloads_total",
+        "Reloads on SIGHUP, by what was reloaded and the result."
+    );
+    describe_gauge!(
+        "tollstream_collector_ingest_buffered_bytes",
+        Unit::Bytes,
+        "Memory held by requests in progress (limit: ingest.max_buffered_bytes)."
+    );
     describe_histogram!(
         "tollstream_collector_load_duration_seconds",
         Unit::Seconds,
@@ -112,29 +153,4 @@ pub fn router(handle: PrometheusHandle) -> Router {
             }
         }),
     )
-}
-
-/// `/healthz` and `/readyz`: the process is up and serving.
-pub fn health_router() -> Router {
-    Router::new()
-        .route(
-            "/healthz",
-            get(|| async {
-                (
-                    StatusCode::OK,
-                    axum::Json(serde_json::json!({ "status": "ok" })),
-                )
-                    .into_response()
-            }),
-        )
-        .route(
-            "/readyz",
-            get(|| async {
-                (
-                    StatusCode::OK,
-                    axum::Json(serde_json::json!({ "status": "ready" })),
-                )
-                    .into_response()
-            }),
-        )
 }

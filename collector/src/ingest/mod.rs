@@ -9,19 +9,29 @@
 //! Every other answer means nothing of it was kept, and says why in a JSON body.
 
 use std::collections::HashMap;
-use std::io::Read;
-use std::path::Path;
 use std::sync::Arc;
 
-use axum::extract::{DefaultBodyLimit, Path as UrlPath, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::body::Body;
+use axum::extract::{Path as UrlPath, State};
+use axum::http::{HeaderMap, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Json, Router};
-use bytes::Bytes;
 use serde_json::json;
 use tracing::warn;
 
+pub mod auth;
+pub mod body;
+pub mod error;
+pub mod framing;
+pub mod server;
+
+pub use auth::{TokenStore, Tokens};
+pub use body::{BodyLimits, Budget};
+pub use error::{ApiError, Reason};
+pub use framing::BatchLimits;
+
+use crate::disk::DiskGuard;
 use crate::wal::{AppendRequest, Appended, Wal, WalError};
 
 /// Header naming the batch's source: agent id and file identity.
@@ -31,138 +41,74 @@ pub const RANGE_HEADER: &str = "x-tollstream-range";
 /// Longest accepted source name.
 pub const MAX_SOURCE_LEN: usize = 512;
 
-/// Bearer tokens that may send data.
-#[derive(Debug, Clone)]
-pub struct Tokens(Vec<Vec<u8>>);
-
-impl Tokens {
-    /// Reads one token per line; blank lines and lines starting with `#` are skipped.
-    ///
-    /// # Errors
-    /// An unreadable file, or a file with no token in it.
-    pub fn load(path: &Path) -> anyhow::Result<Self> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| anyhow::anyhow!("reading agent tokens file {}: {e}", path.display()))?;
-        let tokens: Vec<Vec<u8>> = text
-            .lines()
-            .map(str::trim)
-            .filter(|l| !l.is_empty() && !l.starts_with('#'))
-            .map(|l| l.as_bytes().to_vec())
-            .collect();
-        if tokens.is_empty() {
-            anyhow::bail!(
-                "agent tokens file {} holds no token (one per line)",
-                path.display()
-            );
-        }
-        Ok(Self(tokens))
-    }
-
-    /// Whether `candidate` is one of the tokens, in time independent of where they differ.
-    fn accepts(&self, candidate: &[u8]) -> bool {
-        self.0.iter().fold(false, |found, token| {
-            found | constant_time_eq::constant_time_eq(token, candidate)
-        })
-    }
-}
-
 /// What the ingest handlers share.
 pub struct IngestState {
     /// WAL per stream name.
     pub streams: HashMap<String, Wal>,
     /// Who may send.
-    pub tokens: Tokens,
-    /// Largest body after decompression.
-    pub max_decompressed_bytes: u64,
+    pub tokens: Arc<TokenStore>,
+    /// Body size, decompression and time limits.
+    pub body: BodyLimits,
+    /// Lines per batch and line length.
+    pub batch: BatchLimits,
+    /// Memory all requests in progress may hold.
+    pub budget: Budget,
+    /// Most bytes one stream's WAL may hold on disk.
+    pub wal_max_bytes: u64,
+    /// Free space of the data directory.
+    pub disk: Arc<DiskGuard>,
 }
 
 /// The ingest routes.
-pub fn router(state: Arc<IngestState>, max_body_bytes: usize) -> Router {
+pub fn router(state: Arc<IngestState>) -> Router {
     Router::new()
         .route("/v1/streams/{stream}/records", post(post_records))
-        .layer(DefaultBodyLimit::max(max_body_bytes))
         .with_state(state)
-}
-
-/// An error answer: status plus a JSON body a person can act on.
-struct ApiError {
-    status: StatusCode,
-    message: String,
-    retry_after: Option<u32>,
-}
-
-impl ApiError {
-    fn new(status: StatusCode, message: impl Into<String>) -> Self {
-        Self {
-            status,
-            message: message.into(),
-            retry_after: None,
-        }
-    }
-}
-
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        let reason = match self.status.as_u16() {
-            400 => "bad_request",
-            401 => "unauthorized",
-            404 => "unknown_stream",
-            409 => "conflict",
-            413 => "too_large",
-            _ => "unavailable",
-        };
-        metrics::counter!("tollstream_collector_ingest_errors_total", "reason" => reason)
-            .increment(1);
-        let mut response = (self.status, Json(json!({ "error": self.message }))).into_response();
-        if self.status == StatusCode::UNAUTHORIZED {
-            response
-                .headers_mut()
-                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-        }
-        if let Some(seconds) = self.retry_after {
-            response
-                .headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
-        }
-        response
-    }
 }
 
 async fn post_records(
     State(state): State<Arc<IngestState>>,
     UrlPath(stream): UrlPath<String>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Body,
 ) -> Result<Response, ApiError> {
     let started = tokio::time::Instant::now();
-    authorize(&state.tokens, &headers)?;
+    let presented = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "));
+    let tokens = state.tokens.current();
+    // Who is asking comes before what they ask: no header checks for strangers.
+    tokens.check(presented, "-").map_err(refusal)?;
+    let (source, range) = batch_identity(&headers)?;
+    tokens.check(presented, &source).map_err(refusal)?;
     let Some(wal) = state.streams.get(&stream) else {
-        let known: Vec<&str> = state.streams.keys().map(String::as_str).collect();
+        let mut known: Vec<&str> = state.streams.keys().map(String::as_str).collect();
+        known.sort_unstable();
         return Err(ApiError::new(
-            StatusCode::NOT_FOUND,
+            Reason::UnknownStream,
             format!(
                 "unknown stream {stream:?}; this collector has: {}",
                 known.join(", ")
             ),
         ));
     };
-    let (source, range) = batch_identity(&headers)?;
-    let received_bytes = body.len() as u64;
-    let data = decode_body(&headers, body, state.max_decompressed_bytes).await?;
-    let data = check_framing(data, range)?;
-    let records = u32::try_from(memchr::memchr_iter(b'\n', &data).count()).map_err(|_| {
-        ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "too many records in one batch",
-        )
-    })?;
+    admit(&state, &stream, wal)?;
+    let mut held = body::Held::new(&state.budget);
+    let raw = body::read(&headers, body, &state.body, &mut held).await?;
+    let received_bytes = raw.len() as u64;
+    let (data, _held) =
+        body::decode(&headers, raw, state.body.max_decompressed_bytes, held).await?;
+    let (data, records) = framing::check(data, range, &state.batch)?;
     let request = AppendRequest {
         source,
         range,
         data,
         records,
     };
-    let appended = wal.append(request).await.map_err(wal_error)?;
+    let appended = wal
+        .append(request)
+        .await
+        .map_err(|e| wal_error(e, &state.disk))?;
     metrics::counter!("tollstream_collector_ingest_bytes_total", "stream" => stream.clone())
         .increment(received_bytes);
     metrics::histogram!("tollstream_collector_ingest_duration_seconds")
@@ -189,29 +135,58 @@ async fn post_records(
     Ok(Json(body).into_response())
 }
 
-fn authorize(tokens: &Tokens, headers: &HeaderMap) -> Result<(), ApiError> {
-    let presented = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "))
-        .ok_or_else(|| {
-            ApiError::new(
-                StatusCode::UNAUTHORIZED,
-                "missing bearer token: send 'Authorization: Bearer <token>'",
-            )
-        })?;
-    if tokens.accepts(presented) {
-        Ok(())
-    } else {
-        Err(ApiError::new(
-            StatusCode::UNAUTHORIZED,
+fn refusal(refusal: auth::Refusal) -> ApiError {
+    match refusal {
+        auth::Refusal::Missing => ApiError::new(
+            Reason::Unauthorized,
+            "missing bearer token: send 'Authorization: Bearer <token>'",
+        ),
+        auth::Refusal::Unknown => ApiError::new(
+            Reason::Unauthorized,
             "the bearer token is not in the collector's agent tokens file",
-        ))
+        ),
+        auth::Refusal::WrongAgent { bound_to } => ApiError::new(
+            Reason::Forbidden,
+            format!(
+                "this token belongs to agent {bound_to:?} and may only send sources named \
+                 \"{bound_to}/...\"; check the agent's agent_id and token file"
+            ),
+        ),
     }
+}
+
+/// Refuses a batch the collector could not keep: the stream's WAL or the disk is full.
+fn admit(state: &IngestState, stream: &str, wal: &Wal) -> Result<(), ApiError> {
+    let wal_bytes = wal.disk_bytes();
+    if wal_bytes >= state.wal_max_bytes {
+        return Err(ApiError::new(
+            Reason::WalFull,
+            format!(
+                "stream {stream}'s WAL holds {} on disk, its limit (wal.max_bytes): the archive \
+                 stage is behind; the batch will be taken once it catches up",
+                bytesize::ByteSize(wal_bytes).display().iec()
+            ),
+        ));
+    }
+    if state.disk.is_low() {
+        return Err(ApiError::new(
+            Reason::DiskFull,
+            format!(
+                "the collector's data directory has {} free, below its reserve of {} \
+                 (disk.min_free_bytes); the batch will be taken once space returns",
+                bytesize::ByteSize(state.disk.free().unwrap_or(0))
+                    .display()
+                    .iec(),
+                bytesize::ByteSize(state.disk.min_free()).display().iec()
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// Reads the source and byte-range headers.
 fn batch_identity(headers: &HeaderMap) -> Result<(String, Option<(u64, u64)>), ApiError> {
-    let bad = |m: String| ApiError::new(StatusCode::BAD_REQUEST, m);
+    let bad = |m: String| ApiError::new(Reason::BadRequest, m);
     let source = match headers.get(SOURCE_HEADER) {
         None => None,
         Some(v) => {
@@ -252,88 +227,26 @@ fn batch_identity(headers: &HeaderMap) -> Result<(String, Option<(u64, u64)>), A
     }
 }
 
-/// Undoes `Content-Encoding: gzip` (every member of a multi-member stream, as `gzip`
-/// concatenations produce), refusing to inflate past `limit` bytes; bytes after the last
-/// member are an error, not silently ignored.
-async fn decode_body(headers: &HeaderMap, body: Bytes, limit: u64) -> Result<Bytes, ApiError> {
-    let encoding = headers
-        .get(header::CONTENT_ENCODING)
-        .map(|v| v.to_str().unwrap_or("?").trim().to_ascii_lowercase());
-    match encoding.as_deref() {
-        None | Some("identity") => Ok(body),
-        Some("gzip") => {
-            let inflated = tokio::task::spawn_blocking(move || {
-                let mut out = Vec::with_capacity(body.len() * 4);
-                let mut decoder = flate2::bufread::MultiGzDecoder::new(&body[..]).take(limit + 1);
-                decoder.read_to_end(&mut out).map(|_| out)
-            })
-            .await
-            .map_err(|e| {
-                ApiError::new(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    format!("decompression task failed: {e}"),
-                )
-            })?;
-            match inflated {
-                Ok(out) if out.len() as u64 > limit => Err(ApiError::new(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    format!("body inflates to more than {limit} bytes; send smaller batches"),
-                )),
-                Ok(out) => Ok(Bytes::from(out)),
-                Err(e) => Err(ApiError::new(
-                    StatusCode::BAD_REQUEST,
-                    format!("body is not a valid gzip stream: {e}"),
-                )),
-            }
-        }
-        Some(other) => Err(ApiError::new(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            format!("Content-Encoding {other:?} is not supported; use gzip or none"),
-        )),
-    }
-}
-
-/// Checks that the records are whole lines and agree with the range.
-fn check_framing(data: Bytes, range: Option<(u64, u64)>) -> Result<Bytes, ApiError> {
-    let bad = |m: String| ApiError::new(StatusCode::BAD_REQUEST, m);
-    match range {
-        Some((start, end)) => {
-            // One line the agent cut to its max_line_bytes stands for more bytes than it
-            // holds; alone in its batch, it can only ever be a duplicate as a whole.
-            let one_cut_line = end - start > data.len() as u64
-                && memchr::memchr(b'\n', &data).is_some_and(|nl| nl + 1 == data.len());
-            if end - start != data.len() as u64 && !one_cut_line {
-                return Err(bad(format!(
-                    "{RANGE_HEADER} {start}-{end} spans {} bytes but the body has {}",
-                    end - start,
-                    data.len()
-                )));
-            }
-            if !data.is_empty() && !data.ends_with(b"\n") {
-                return Err(bad(
-                    "a ranged batch must end with a newline: send whole lines only".into(),
-                ));
-            }
-            Ok(data)
-        }
-        None if data.is_empty() || data.ends_with(b"\n") => Ok(data),
-        // Without a range nothing depends on byte counts, so a missing final newline
-        // (common with `curl --data-binary @file`) is added rather than refused.
-        None => Ok(Bytes::from([&data[..], b"\n"].concat())),
-    }
-}
-
-fn wal_error(error: WalError) -> ApiError {
+fn wal_error(error: WalError, disk: &DiskGuard) -> ApiError {
     match error {
-        WalError::Misaligned { .. } => ApiError::new(StatusCode::CONFLICT, error.to_string()),
+        WalError::Misaligned { .. } => ApiError::new(Reason::Conflict, error.to_string()),
+        WalError::Io { ref source, .. }
+            if source.kind() == std::io::ErrorKind::StorageFull
+                || source.raw_os_error() == Some(28) =>
+        {
+            disk.refresh();
+            warn!(error = %error, "Batch not accepted: the disk is full.");
+            ApiError::new(
+                Reason::DiskFull,
+                format!("could not make the batch durable: {error}; retry once space returns"),
+            )
+        }
         other => {
             warn!(error = %other, "Batch not accepted: WAL unavailable.");
-            let mut e = ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::new(
+                Reason::Unavailable,
                 format!("could not make the batch durable: {other}; retry later"),
-            );
-            e.retry_after = Some(1);
-            e
+            )
         }
     }
 }

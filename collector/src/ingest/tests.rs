@@ -7,24 +7,68 @@ use axum::http::Request;
 use http_body_util::BodyExt;
 use tower::ServiceExt;
 
+use std::path::Path;
+
 use super::*;
 use crate::clock::SystemClock;
 use crate::wal::WalOptions;
 
-const TOKEN: &str = "t0ken";
+const TOKEN: &str = "t0ken-0123456789abcdef";
+const BOOTH_TOKEN: &str = "booth-0123456789abcdef";
+
+struct Setup {
+    max_decompressed_bytes: u64,
+    budget: u64,
+    wal_max_bytes: u64,
+    min_free: u64,
+}
+
+impl Default for Setup {
+    fn default() -> Self {
+        Self {
+            max_decompressed_bytes: 1 << 20,
+            budget: 8 << 20,
+            wal_max_bytes: 1 << 30,
+            min_free: 0,
+        }
+    }
+}
 
 fn app(dir: &Path, max_decompressed_bytes: u64) -> (Router, std::thread::JoinHandle<()>) {
+    app_with(
+        dir,
+        Setup {
+            max_decompressed_bytes,
+            ..Setup::default()
+        },
+    )
+}
+
+fn app_with(dir: &Path, setup: Setup) -> (Router, std::thread::JoinHandle<()>) {
     let options = WalOptions {
         segment_bytes: 1 << 20,
         consumers: vec!["archive"],
     };
-    let (wal, thread) = Wal::open(dir, options, Arc::new(SystemClock)).expect("wal");
+    let (wal, thread) = Wal::open(&dir.join("wal"), options, Arc::new(SystemClock)).expect("wal");
+    let tokens_file = dir.join("tokens");
+    std::fs::write(&tokens_file, format!("{TOKEN}\nbooth-7 {BOOTH_TOKEN}\n")).expect("tokens");
     let state = IngestState {
         streams: HashMap::from([("toll-transactions".to_string(), wal)]),
-        tokens: Tokens(vec![TOKEN.as_bytes().to_vec()]),
-        max_decompressed_bytes,
+        tokens: Arc::new(TokenStore::open(&tokens_file).expect("tokens")),
+        body: BodyLimits {
+            max_body_bytes: 1 << 20,
+            max_decompressed_bytes: setup.max_decompressed_bytes,
+            body_timeout: std::time::Duration::from_secs(5),
+        },
+        batch: BatchLimits {
+            max_records: 1000,
+            max_line_bytes: 4096,
+        },
+        budget: Budget::new(setup.budget),
+        wal_max_bytes: setup.wal_max_bytes,
+        disk: crate::disk::DiskGuard::new(dir, setup.min_free),
     };
-    (router(Arc::new(state), 1 << 20), thread)
+    (router(Arc::new(state)), thread)
 }
 
 fn gzip(data: &[u8]) -> Vec<u8> {
@@ -260,4 +304,134 @@ async fn ranged_batches_are_checked_and_a_resend_is_acknowledged_once() {
     )
     .await;
     assert_eq!(status, 400, "a range needs a source");
+}
+
+#[tokio::test]
+async fn a_token_bound_to_an_agent_sends_only_that_agents_sources() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (app, _thread) = app(dir.path(), 1 << 20);
+    let own = [
+        ("x-tollstream-source", "booth-7/1-2-0"),
+        ("x-tollstream-range", "0-2"),
+    ];
+    let (status, answer) = send(
+        &app,
+        post(
+            "toll-transactions",
+            Some(BOOTH_TOKEN),
+            &own,
+            b"a\n".to_vec(),
+        ),
+    )
+    .await;
+    assert_eq!(status, 200, "{answer}");
+    let other = [
+        ("x-tollstream-source", "booth-8/1-2-0"),
+        ("x-tollstream-range", "0-2"),
+    ];
+    let (status, answer) = send(
+        &app,
+        post(
+            "toll-transactions",
+            Some(BOOTH_TOKEN),
+            &other,
+            b"a\n".to_vec(),
+        ),
+    )
+    .await;
+    assert_eq!(status, 403, "{answer}");
+    assert!(
+        answer["error"]
+            .as_str()
+            .is_some_and(|m| m.contains("booth-7") && !m.contains(BOOTH_TOKEN)),
+        "{answer}"
+    );
+}
+
+#[tokio::test]
+async fn batches_over_the_line_and_record_limits_get_413() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (app, _thread) = app(dir.path(), 1 << 20);
+    let long = [vec![b'x'; 5000], b"\n".to_vec()].concat();
+    let (status, answer) = send(&app, post("toll-transactions", Some(TOKEN), &[], long)).await;
+    assert_eq!(
+        (status, answer["reason"].as_str()),
+        (413, Some("too_large")),
+        "{answer}"
+    );
+    let many = b"a\n".repeat(1001);
+    let (status, answer) = send(&app, post("toll-transactions", Some(TOKEN), &[], many)).await;
+    assert_eq!(status, 413, "{answer}");
+    assert!(
+        answer["error"]
+            .as_str()
+            .is_some_and(|m| m.contains("max_records_per_batch")),
+        "{answer}"
+    );
+}
+
+#[tokio::test]
+async fn no_memory_budget_left_is_429_and_a_full_wal_or_disk_is_503_with_retry_after() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (app, _thread) = app_with(
+        dir.path(),
+        Setup {
+            budget: 16,
+            ..Setup::default()
+        },
+    );
+    let response = app
+        .clone()
+        .oneshot(post("toll-transactions", Some(TOKEN), &[], b"a\n".to_vec()))
+        .await
+        .expect("response");
+    assert_eq!(response.status().as_u16(), 429);
+    assert_eq!(
+        response
+            .headers()
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok()),
+        Some("1")
+    );
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (app, _thread) = app_with(
+        dir.path(),
+        Setup {
+            wal_max_bytes: 0,
+            ..Setup::default()
+        },
+    );
+    let (status, answer) = send(
+        &app,
+        post("toll-transactions", Some(TOKEN), &[], b"a\n".to_vec()),
+    )
+    .await;
+    assert_eq!(
+        (status, answer["reason"].as_str()),
+        (503, Some("wal_full")),
+        "{answer}"
+    );
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (app, _thread) = app_with(
+        dir.path(),
+        Setup {
+            min_free: u64::MAX - 1,
+            ..Setup::default()
+        },
+    );
+    let response = app
+        .clone()
+        .oneshot(post("toll-transactions", Some(TOKEN), &[], b"a\n".to_vec()))
+        .await
+        .expect("response");
+    assert_eq!(response.status().as_u16(), 503);
+    assert_eq!(
+        response
+            .headers()
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok()),
+        Some("2")
+    );
 }

@@ -25,6 +25,7 @@ mod writer;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
@@ -144,10 +145,22 @@ pub enum Appended {
 
 type Reply = oneshot::Sender<Result<Appended, WalError>>;
 
+/// What the writer thread is asked to do.
+enum Command {
+    /// Make a batch durable and answer.
+    Append(AppendRequest, Reply),
+    /// A consumer moved on: delete the segments every consumer has passed.
+    Compact,
+}
+
 /// Positions of the stages that read the WAL; segments below all of them may go.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Consumers {
     positions: Mutex<BTreeMap<&'static str, u64>>,
+    /// Wakes the writer to delete passed segments even while no batch arrives (ingest may
+    /// be refusing batches precisely because the WAL is full). Weak, so that the writer
+    /// still stops once every [`Wal`] handle is gone.
+    wake: mpsc::WeakSender<Command>,
 }
 
 impl Consumers {
@@ -156,6 +169,11 @@ impl Consumers {
         let mut positions = self.positions.lock().unwrap_or_else(|p| p.into_inner());
         let entry = positions.entry(name).or_insert(0);
         *entry = (*entry).max(seq);
+        drop(positions);
+        // A full queue means the writer is busy and compacts after its next group anyway.
+        if let Some(wake) = self.wake.upgrade() {
+            let _ = wake.try_send(Command::Compact);
+        }
     }
 
     /// The lowest position over all consumers (0 until each has reported).
@@ -165,14 +183,39 @@ impl Consumers {
     }
 }
 
+impl std::fmt::Debug for Command {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Append(request, _) => f.debug_tuple("Append").field(&request.source).finish(),
+            Self::Compact => f.write_str("Compact"),
+        }
+    }
+}
+
+/// Bytes the stream's segments take on disk, kept by the writer.
+#[derive(Debug, Default)]
+pub struct DiskUsage(AtomicU64);
+
+impl DiskUsage {
+    /// Bytes on disk now.
+    pub fn bytes(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+
+    fn set(&self, bytes: u64) {
+        self.0.store(bytes, Ordering::Relaxed);
+    }
+}
+
 /// Handle to one stream's write-ahead log; cheap to clone.
 #[derive(Clone)]
 pub struct Wal {
-    tx: mpsc::Sender<(AppendRequest, Reply)>,
+    tx: mpsc::Sender<Command>,
     durable: watch::Receiver<Durable>,
     dir: PathBuf,
     first_seq: u64,
     consumers: Arc<Consumers>,
+    usage: Arc<DiskUsage>,
 }
 
 /// Tuning for [`Wal::open`].
@@ -196,12 +239,16 @@ impl Wal {
     ) -> Result<(Self, std::thread::JoinHandle<()>), WalError> {
         std::fs::create_dir_all(dir).map_err(|e| WalError::io("creating", dir, e))?;
         let recovered = writer::recover(dir)?;
-        let consumers = Arc::new(Consumers::default());
+        let (tx, rx) = mpsc::channel(1024);
+        let consumers = Arc::new(Consumers {
+            positions: Mutex::default(),
+            wake: tx.downgrade(),
+        });
         for name in &options.consumers {
             consumers.advance(name, 0);
         }
         let first_seq = recovered.first_seq;
-        let (tx, rx) = mpsc::channel(1024);
+        let usage = Arc::new(DiskUsage::default());
         // The sender is replaced by the writer's own right below; recovery made the log
         // durable up to its valid end.
         let (durable_tx, durable) = watch::channel(Durable::default());
@@ -211,6 +258,7 @@ impl Wal {
             recovered,
             durable_tx,
             consumers.clone(),
+            usage.clone(),
             clock,
         )?;
         writer.publish_durable();
@@ -228,6 +276,7 @@ impl Wal {
                 dir: dir.to_path_buf(),
                 first_seq,
                 consumers,
+                usage,
             },
             thread,
         ))
@@ -241,7 +290,7 @@ impl Wal {
     pub async fn append(&self, request: AppendRequest) -> Result<Appended, WalError> {
         let (reply, answer) = oneshot::channel();
         self.tx
-            .send((request, reply))
+            .send(Command::Append(request, reply))
             .await
             .map_err(|_| WalError::Closed)?;
         answer.await.map_err(|_| WalError::Closed)?
@@ -265,6 +314,11 @@ impl Wal {
     /// The shared consumer positions.
     pub fn consumers(&self) -> Arc<Consumers> {
         self.consumers.clone()
+    }
+
+    /// Bytes the segments take on disk.
+    pub fn disk_bytes(&self) -> u64 {
+        self.usage.bytes()
     }
 }
 

@@ -12,7 +12,10 @@ use tracing::{info, warn};
 
 use super::covered::Covered;
 use super::segment::{self, Durable, Segment};
-use super::{AppendRequest, Appended, Consumers, HighWater, Reply, WalError, WalRecord, snapshot};
+use super::{
+    AppendRequest, Appended, Command, Consumers, DiskUsage, HighWater, Reply, WalError, WalRecord,
+    snapshot,
+};
 use crate::clock::Clock;
 
 /// The byte agents put for a line break inside a multiline record (ASCII record separator).
@@ -118,6 +121,9 @@ pub struct Writer {
     high_water: HighWater,
     durable_tx: watch::Sender<Durable>,
     consumers: Arc<Consumers>,
+    /// Bytes of the segments before the active one.
+    closed_bytes: u64,
+    usage: Arc<DiskUsage>,
     clock: Arc<dyn Clock>,
     buf: BytesMut,
     /// Set when the log could not be restored after a failed write; no more writes then.
@@ -143,6 +149,7 @@ impl Writer {
         recovered: Recovered,
         durable_tx: watch::Sender<Durable>,
         consumers: Arc<Consumers>,
+        usage: Arc<DiskUsage>,
         clock: Arc<dyn Clock>,
     ) -> Result<Self, WalError> {
         let Recovered {
@@ -163,7 +170,13 @@ impl Writer {
                 .open(&active)
                 .map_err(|e| WalError::io("opening", &active, e))?
         };
-        Ok(Self {
+        let closed_bytes = segments
+            .iter()
+            .rev()
+            .skip(1)
+            .map(|s| std::fs::metadata(&s.path).map_or(0, |m| m.len()))
+            .sum();
+        let writer = Self {
             dir: dir.to_path_buf(),
             segment_bytes,
             segments,
@@ -173,10 +186,26 @@ impl Writer {
             high_water,
             durable_tx,
             consumers,
+            closed_bytes,
+            usage,
             clock,
             buf: BytesMut::with_capacity(4 << 20),
             poisoned: None,
-        })
+        };
+        writer.publish_usage();
+        Ok(writer)
+    }
+
+    fn publish_usage(&self) {
+        let bytes = self.closed_bytes + self.file_len;
+        self.usage.set(bytes);
+        let stream = self
+            .dir
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        metrics::gauge!("tollstream_collector_wal_disk_bytes", "stream" => stream)
+            .set(bytes as f64);
     }
 
     /// The durable position: everything written so far has been fsynced.
@@ -195,22 +224,31 @@ impl Writer {
     }
 
     /// Serves requests until every [`super::Wal`] handle is dropped.
-    pub fn run(mut self, mut rx: mpsc::Receiver<(AppendRequest, Reply)>) {
+    pub fn run(mut self, mut rx: mpsc::Receiver<Command>) {
         let mut group = Vec::with_capacity(MAX_GROUP);
         while let Some(first) = rx.blocking_recv() {
-            group.push(first);
-            while group.len() < MAX_GROUP {
-                match rx.try_recv() {
-                    Ok(next) => group.push(next),
-                    Err(_) => break,
+            let mut compact = false;
+            let mut next = Some(first);
+            while let Some(command) = next.take() {
+                match command {
+                    Command::Append(request, reply) => group.push((request, reply)),
+                    Command::Compact => compact = true,
+                }
+                if group.len() < MAX_GROUP {
+                    next = rx.try_recv().ok();
                 }
             }
-            self.commit(&mut group);
+            if !group.is_empty() {
+                self.commit(&mut group);
+            }
             if self.file_len >= self.segment_bytes
                 && let Err(error) = self.roll_over()
             {
                 warn!(%error, "WAL segment roll-over failed; continuing in the current segment.");
+            } else if compact && let Err(error) = self.delete_consumed() {
+                warn!(%error, "Deleting consumed WAL segments failed; will try again.");
             }
+            self.publish_usage();
         }
         info!(dir = %self.dir.display(), last_seq = self.next_seq - 1, "WAL writer stopped.");
     }
@@ -290,8 +328,13 @@ impl Writer {
                 }
                 self.next_seq = start_seq;
                 let message = error.to_string();
+                // The kind travels to every requester, so a full disk is told as such.
+                let kind = match &error {
+                    WalError::Io { source, .. } => source.kind(),
+                    _ => std::io::ErrorKind::Other,
+                };
                 for (_, reply) in group.drain(..) {
-                    let source = std::io::Error::other(message.clone());
+                    let source = std::io::Error::new(kind, message.clone());
                     let _ = reply.send(Err(WalError::io("writing", &self.dir, source)));
                 }
             }
@@ -442,6 +485,7 @@ impl Writer {
         let (segment, file) = create_segment(&self.dir, self.next_seq)?;
         self.segments.push(segment);
         self.file = file;
+        self.closed_bytes += self.file_len;
         self.file_len = 0;
         self.delete_consumed()
     }
@@ -461,7 +505,9 @@ impl Writer {
         snapshot::store(&self.dir, &self.high_water, self.next_seq - 1)?;
         for _ in 0..deletable {
             let path = self.segments[0].path.clone();
+            let len = std::fs::metadata(&path).map_or(0, |m| m.len());
             std::fs::remove_file(&path).map_err(|e| WalError::io("deleting", &path, e))?;
+            self.closed_bytes = self.closed_bytes.saturating_sub(len);
             self.segments.remove(0);
             info!(path = %path.display(), "Deleted consumed WAL segment.");
         }

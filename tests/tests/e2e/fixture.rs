@@ -70,7 +70,7 @@ impl Pipeline {
                 port: collector_port,
                 metrics_port: Some(collector_metrics_port),
                 buffer_max_bytes: "4MiB",
-                buffer_max_age: "300ms",
+                buffer_max_age: "1s",
             },
         )?;
         let mut collector = Daemon::new(

@@ -1,0 +1,344 @@
+//! The HTTP server under the ingest API: accepting connections within a limit, closing the
+//! ones that stall or idle, optional TLS, and a graceful stop.
+//!
+//! * At most `max_connections` are open; one more is answered `503` (JSON, `Retry-After`)
+//!   and closed at once, so a flood of connections cannot exhaust descriptors or memory.
+//! * A connection has `header_timeout` to send a complete request head (hyper's header
+//!   read timeout, which starts when the connection opens): a slowloris client trickling
+//!   its headers is cut off there. The body has `body_timeout` (see [`super::body`]).
+//! * A connection with no bytes in either direction for `idle_timeout` is closed.
+//! * With TLS, the handshake must finish within `header_timeout` too. Certificate and key
+//!   are read again on SIGHUP ([`TlsFiles::reload`]); connections made after that use them.
+//! * On shutdown, no new connections are accepted, idle ones close, and requests in
+//!   progress are finished (for at most `body_timeout`).
+
+use std::io::IoSlice;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use axum::Router;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, error, info, warn};
+
+/// Connection limits and timeouts.
+#[derive(Debug, Clone, Copy)]
+pub struct ServerOptions {
+    /// Open connections at most.
+    pub max_connections: usize,
+    /// Time to send a complete request head (and to finish a TLS handshake).
+    pub header_timeout: Duration,
+    /// A connection silent in both directions this long is closed.
+    pub idle_timeout: Duration,
+    /// How long a request in progress may take to finish once the server is stopping.
+    pub drain_timeout: Duration,
+}
+
+/// Serves `app` on `listener` until `shutdown`, then drains.
+pub async fn serve(
+    listener: TcpListener,
+    app: Router,
+    options: ServerOptions,
+    tls: Option<Arc<TlsFiles>>,
+    shutdown: CancellationToken,
+) {
+    let slots = Arc::new(Semaphore::new(options.max_connections));
+    let connections = TaskTracker::new();
+    loop {
+        let accepted = tokio::select! {
+            () = shutdown.cancelled() => break,
+            accepted = listener.accept() => accepted,
+        };
+        let (stream, peer) = match accepted {
+            Ok(pair) => pair,
+            Err(error) => {
+                // Out of descriptors (EMFILE) and the like: wait instead of spinning; the
+                // connections that finish meanwhile give descriptors back.
+                warn!(%error, "Accepting a connection failed; pausing accepts for 100 ms.");
+                metrics::counter!("tollstream_collector_accept_errors_total").increment(1);
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            refuse_connection(&stream, options.max_connections);
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let (app, tls, shutdown) = (app.clone(), tls.clone(), shutdown.clone());
+        connections.spawn(async move {
+            metrics::gauge!("tollstream_collector_connections").increment(1.0);
+            let activity = Arc::new(Activity::new());
+            let io = Tracked {
+                inner: stream,
+                activity: activity.clone(),
+            };
+            match tls {
+                None => connection(io, app, options, activity, shutdown).await,
+                Some(tls) => {
+                    let acceptor = tls.acceptor();
+                    match tokio::time::timeout(options.header_timeout, acceptor.accept(io)).await {
+                        Ok(Ok(io)) => connection(io, app, options, activity, shutdown).await,
+                        Ok(Err(error)) => {
+                            debug!(%peer, %error, "TLS handshake failed.");
+                            metrics::counter!("tollstream_collector_tls_handshake_errors_total")
+                                .increment(1);
+                        }
+                        Err(_) => {
+                            debug!(%peer, "TLS handshake timed out.");
+                            metrics::counter!("tollstream_collector_tls_handshake_errors_total")
+                                .increment(1);
+                        }
+                    }
+                }
+            }
+            metrics::gauge!("tollstream_collector_connections").decrement(1.0);
+            drop(slot);
+        });
+    }
+    drop(listener);
+    connections.close();
+    connections.wait().await;
+}
+
+/// Answers a connection over the limit with a 503 (best effort, never waiting) and closes it.
+fn refuse_connection(stream: &TcpStream, limit: usize) {
+    metrics::counter!("tollstream_collector_connections_refused_total").increment(1);
+    let body = format!(
+        "{{\"error\":\"the collector has {limit} connections open, its limit \
+         (ingest.max_connections); retry shortly\",\"reason\":\"too_many_connections\"}}"
+    );
+    let answer = format!(
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nretry-after: 1\r\n\
+         connection: close\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let _ = stream.try_write(answer.as_bytes());
+}
+
+/// Serves HTTP/1.1 requests on one connection until it ends, idles out or the server stops.
+async fn connection<I>(
+    io: I,
+    app: Router,
+    options: ServerOptions,
+    activity: Arc<Activity>,
+    shutdown: CancellationToken,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(options.header_timeout)
+        .keep_alive(true);
+    let conn = builder.serve_connection(TokioIo::new(io), TowerToHyperService::new(app));
+    tokio::pin!(conn);
+    let mut hard_stop: Option<Instant> = None;
+    loop {
+        tokio::select! {
+            result = conn.as_mut() => {
+                if let Err(error) = result {
+                    debug!(%error, "Connection ended with an error.");
+                }
+                return;
+            }
+            () = shutdown.cancelled(), if hard_stop.is_none() => {
+                conn.as_mut().graceful_shutdown();
+                hard_stop = Some(Instant::now() + options.drain_timeout);
+            }
+            () = activity.idle_for(options.idle_timeout), if hard_stop.is_none() => {
+                metrics::counter!("tollstream_collector_connections_idle_closed_total").increment(1);
+                conn.as_mut().graceful_shutdown();
+                hard_stop = Some(Instant::now() + options.drain_timeout);
+            }
+            () = sleep_until(hard_stop), if hard_stop.is_some() => return,
+        }
+    }
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// When a connection last moved a byte.
+struct Activity {
+    base: Instant,
+    last_ms: AtomicU64,
+}
+
+impl Activity {
+    fn new() -> Self {
+        Self {
+            base: Instant::now(),
+            last_ms: AtomicU64::new(0),
+        }
+    }
+
+    fn touch(&self) {
+        let ms = u64::try_from(self.base.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.last_ms.store(ms, Ordering::Relaxed);
+    }
+
+    /// Completes once nothing has moved for `limit`.
+    async fn idle_for(&self, limit: Duration) {
+        loop {
+            let last = self.base + Duration::from_millis(self.last_ms.load(Ordering::Relaxed));
+            let deadline = last + limit;
+            if Instant::now() >= deadline {
+                return;
+            }
+            tokio::time::sleep_until(deadline).await;
+        }
+    }
+}
+
+/// A stream that notes every byte moved in [`Activity`].
+struct Tracked<S> {
+    inner: S,
+    activity: Arc<Activity>,
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Tracked<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let result = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if matches!(result, Poll::Ready(Ok(()))) && buf.filled().len() > before {
+            self.activity.touch();
+        }
+        result
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Tracked<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let result = Pin::new(&mut self.inner).poll_write(cx, buf);
+        if matches!(result, Poll::Ready(Ok(n)) if n > 0) {
+            self.activity.touch();
+        }
+        result
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        let result = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        if matches!(result, Poll::Ready(Ok(n)) if n > 0) {
+            self.activity.touch();
+        }
+        result
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// The TLS certificate and key files, and the server configuration made from them.
+pub struct TlsFiles {
+    cert_file: PathBuf,
+    key_file: PathBuf,
+    config: RwLock<Arc<rustls::ServerConfig>>,
+}
+
+impl TlsFiles {
+    /// Reads the files.
+    ///
+    /// # Errors
+    /// Unreadable or malformed PEM, a key that does not match the certificate.
+    pub fn load(cert_file: &Path, key_file: &Path) -> anyhow::Result<Self> {
+        let config = server_config(cert_file, key_file)?;
+        Ok(Self {
+            cert_file: cert_file.to_path_buf(),
+            key_file: key_file.to_path_buf(),
+            config: RwLock::new(Arc::new(config)),
+        })
+    }
+
+    fn acceptor(&self) -> tokio_rustls::TlsAcceptor {
+        let config = self
+            .config
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        tokio_rustls::TlsAcceptor::from(config)
+    }
+
+    /// Reads the files again (certificate renewal); on error the old ones stay in use.
+    pub fn reload(&self) -> bool {
+        match server_config(&self.cert_file, &self.key_file) {
+            Ok(config) => {
+                *self.config.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(config);
+                info!(cert = %self.cert_file.display(), "Reloaded the TLS certificate and key.");
+                metrics::counter!("tollstream_collector_reloads_total", "what" => "tls", "result" => "ok").increment(1);
+                true
+            }
+            Err(e) => {
+                error!(
+                    error = format!("{e:#}"),
+                    "TLS certificate not reloaded; the previous one stays in use."
+                );
+                metrics::counter!("tollstream_collector_reloads_total", "what" => "tls", "result" => "error").increment(1);
+                false
+            }
+        }
+    }
+}
+
+fn server_config(cert_file: &Path, key_file: &Path) -> anyhow::Result<rustls::ServerConfig> {
+    let certs = CertificateDer::pem_file_iter(cert_file)
+        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| anyhow::anyhow!("reading certificates from {}: {e}", cert_file.display()))?;
+    if certs.is_empty() {
+        anyhow::bail!("{} holds no PEM certificate", cert_file.display());
+    }
+    let key = PrivateKeyDer::from_pem_file(key_file)
+        .map_err(|e| anyhow::anyhow!("reading the private key from {}: {e}", key_file.display()))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| anyhow::anyhow!("TLS protocol versions: {e}"))?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "{} and {} do not make a usable certificate: {e}",
+                cert_file.display(),
+                key_file.display()
+            )
+        })?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(config)
+}
