@@ -310,6 +310,23 @@ pub struct CollectorSetup {
     pub buffer_max_bytes: &'static str,
     /// Buffer `max_age`.
     pub buffer_max_age: &'static str,
+    /// Where the collector keeps its data; `None`: `collector-data` in the test directory.
+    pub data_dir: Option<PathBuf>,
+    /// More top-level YAML (e.g. `ingest:` or `disk:` sections), appended as is.
+    pub extra: String,
+}
+
+impl Default for CollectorSetup {
+    fn default() -> Self {
+        Self {
+            port: 0,
+            metrics_port: None,
+            buffer_max_bytes: "4MiB",
+            buffer_max_age: "1s",
+            data_dir: None,
+            extra: String::new(),
+        }
+    }
 }
 
 /// Settings for [`write_agent_config`].
@@ -380,11 +397,15 @@ pub fn write_collector_config(dir: &Path, setup: &CollectorSetup) -> anyhow::Res
         .metrics_port
         .map(|p| format!("metrics_listen: 127.0.0.1:{p}\n"))
         .unwrap_or_default();
+    let data_dir = setup
+        .data_dir
+        .as_ref()
+        .map_or_else(|| "collector-data".to_string(), |d| d.display().to_string());
     let text = format!(
-        "listen: 127.0.0.1:{}\n{metrics}data_dir: collector-data\nauth:\n  agent_tokens_file: agent-tokens\n\
+        "listen: 127.0.0.1:{}\n{metrics}data_dir: {data_dir}\nauth:\n  agent_tokens_file: agent-tokens\n\
          warehouse:\n  url: sqlite://warehouse.db\nstreams:\n  toll-transactions:\n    table: toll_transactions\n\
-         \x20   buffer: {{ max_bytes: {}, max_age: {} }}\n",
-        setup.port, setup.buffer_max_bytes, setup.buffer_max_age
+         \x20   buffer: {{ max_bytes: {}, max_age: {} }}\n{}",
+        setup.port, setup.buffer_max_bytes, setup.buffer_max_age, setup.extra
     );
     let path = dir.join("collector.yaml");
     std::fs::write(&path, text)?;

@@ -247,6 +247,7 @@ fn catch_up(dir: &Path, lines: u64) -> anyhow::Result<Value> {
             metrics_port: None,
             buffer_max_bytes: "8MiB",
             buffer_max_age: "2s",
+            ..CollectorSetup::default()
         },
     )?;
     std::fs::write(

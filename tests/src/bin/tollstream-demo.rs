@@ -67,6 +67,7 @@ fn main() -> anyhow::Result<()> {
             metrics_port: Some(free_port()?),
             buffer_max_bytes: "8MiB",
             buffer_max_age: "1s",
+            ..CollectorSetup::default()
         },
     )?;
     let agent_config = write_agent_config(

@@ -8,6 +8,7 @@ use anyhow::Context;
 use tollstream_tests::harness::wait_for;
 
 use crate::fixture::{EXIT_TIMEOUT, Pipeline};
+use crate::fixture::{append, line};
 
 #[test]
 fn rename_rotation_with_late_writes_to_the_old_file_loses_and_duplicates_nothing()
@@ -97,23 +98,6 @@ fn start_at_end_skips_only_what_existed_before_the_first_start() -> anyhow::Resu
         1000,
         "none of the 500 old lines, all 1000 new ones"
     );
-    Ok(())
-}
-
-/// A valid toll line with a transaction id derived from `n`.
-fn line(n: usize) -> String {
-    format!(
-        "2026-11-25T14:03:27.512-03:00,00000000-0000-4000-8000-{n:012},PLZ-001,1,C0000001,TX-0000001,1,12.50\n"
-    )
-}
-
-fn append(path: &std::path::Path, lines: &[String]) -> anyhow::Result<()> {
-    use std::io::Write;
-    let mut file = std::fs::OpenOptions::new()
-        .append(true)
-        .create(true)
-        .open(path)?;
-    file.write_all(lines.concat().as_bytes())?;
     Ok(())
 }
 

@@ -58,21 +58,30 @@ impl Pipeline {
         adjust: impl FnOnce(&mut AgentSetup),
         prepare: impl FnOnce(&Path) -> anyhow::Result<()>,
     ) -> anyhow::Result<Self> {
+        Self::start_full(|_, _| Ok(()), route, adjust, prepare)
+    }
+
+    /// The most general form: `collector` adjusts the collector's settings first (it gets
+    /// the test directory, e.g. to mount a small file system for the data).
+    pub fn start_full(
+        collector: impl FnOnce(&Path, &mut CollectorSetup) -> anyhow::Result<()>,
+        route: impl FnOnce(u16) -> anyhow::Result<u16>,
+        adjust: impl FnOnce(&mut AgentSetup),
+        prepare: impl FnOnce(&Path) -> anyhow::Result<()>,
+    ) -> anyhow::Result<Self> {
         let dir = tempfile::Builder::new()
             .prefix("tollstream-e2e-")
             .tempdir()?;
         std::fs::create_dir(dir.path().join("logs"))?;
         let collector_port = free_port()?;
         let collector_metrics_port = free_port()?;
-        let collector_config = write_collector_config(
-            dir.path(),
-            &CollectorSetup {
-                port: collector_port,
-                metrics_port: Some(collector_metrics_port),
-                buffer_max_bytes: "4MiB",
-                buffer_max_age: "1s",
-            },
-        )?;
+        let mut setup = CollectorSetup {
+            port: collector_port,
+            metrics_port: Some(collector_metrics_port),
+            ..CollectorSetup::default()
+        };
+        collector(dir.path(), &mut setup)?;
+        let collector_config = write_collector_config(dir.path(), &setup)?;
         let mut collector = Daemon::new(
             "collector",
             binary("tollstream-collector")?,
@@ -315,4 +324,22 @@ pub fn archive_lines(root: &Path) -> anyhow::Result<u64> {
         }
     }
     Ok(total)
+}
+
+/// A valid toll line with a transaction id derived from `n`.
+pub fn line(n: usize) -> String {
+    format!(
+        "2026-11-25T14:03:27.512-03:00,00000000-0000-4000-8000-{n:012},PLZ-001,1,C0000001,TX-0000001,1,12.50\n"
+    )
+}
+
+/// Appends `lines` to `path` in one write, creating it if needed.
+pub fn append(path: &Path, lines: &[String]) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut file = std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .open(path)?;
+    file.write_all(lines.concat().as_bytes())?;
+    Ok(())
 }

@@ -6,6 +6,7 @@
 mod faults;
 mod files;
 mod fixture;
+mod ingest;
 mod logrotate;
 mod model;
 mod pipeline;
