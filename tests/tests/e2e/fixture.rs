@@ -26,6 +26,8 @@ pub struct Pipeline {
     pub collector_metrics_port: u16,
     /// The agent's `/metrics` port.
     pub agent_metrics_port: u16,
+    /// The collector's data directory.
+    pub data_dir: PathBuf,
     /// Set once both daemons stopped cleanly; a test that ends earlier failed.
     pub stopped: bool,
 }
@@ -81,6 +83,10 @@ impl Pipeline {
             ..CollectorSetup::default()
         };
         collector(dir.path(), &mut setup)?;
+        let data_dir = setup
+            .data_dir
+            .clone()
+            .unwrap_or_else(|| dir.path().join("collector-data"));
         let collector_config = write_collector_config(dir.path(), &setup)?;
         let mut collector = Daemon::new(
             "collector",
@@ -96,6 +102,7 @@ impl Pipeline {
             collector_port,
             collector_metrics_port,
             agent_metrics_port: 0,
+            data_dir,
             stopped: false,
         };
         pipeline.wait_collector_ready()?;
@@ -197,7 +204,7 @@ impl Pipeline {
     }
 
     pub fn warehouse_path(&self) -> PathBuf {
-        self.dir.path().join("collector-data").join("warehouse.db")
+        self.data_dir.join("warehouse.db")
     }
 
     pub fn warehouse(&self) -> anyhow::Result<WarehouseView> {
@@ -271,7 +278,7 @@ impl Pipeline {
             .map(|(booth, s)| (booth.clone(), s.lines as i64, s.amount_cents))
             .collect();
         assert_eq!(per_booth, expected, "per-booth counts and amounts");
-        let archived = archive_lines(&self.dir.path().join("collector-data").join("archive"))?;
+        let archived = archive_lines(&self.data_dir.join("archive"))?;
         assert_eq!(
             archived, written.total_lines,
             "every line in the archive exactly once"
