@@ -103,6 +103,11 @@ pub struct CollectorConfig {
     /// gzip level 0-9 for request bodies; 0 sends them uncompressed.
     #[serde(default = "default_gzip_level")]
     pub gzip_level: u32,
+    /// For an `https://` URL: PEM file of the only certificate authorities (or self-signed
+    /// certificate) trusted for the collector; none trusts the system's CAs. Relative to
+    /// the config file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<PathBuf>,
 }
 
 /// One set of files feeding one stream.
@@ -277,6 +282,9 @@ impl Config {
         let base = base.as_path();
         config.state_dir = resolve(base, &config.state_dir);
         config.collector.token_file = resolve(base, &config.collector.token_file);
+        if let Some(ca) = &mut config.collector.ca_file {
+            *ca = resolve(base, ca);
+        }
         for flow in &mut config.flows {
             for pattern in &mut flow.paths {
                 *pattern = resolve(base, Path::new(pattern.as_str()))
@@ -348,6 +356,19 @@ impl Config {
                 "collector.url: {:?} must start with http:// or https://",
                 self.collector.url
             )));
+        }
+        if let Some(ca) = &self.collector.ca_file {
+            if !self.collector.url.starts_with("https://") {
+                return Err(invalid(
+                    "collector.ca_file is only used with an https:// collector.url".into(),
+                ));
+            }
+            if !ca.is_file() {
+                return Err(invalid(format!(
+                    "collector.ca_file: {} is not a readable file",
+                    ca.display()
+                )));
+            }
         }
         if self.collector.max_in_flight == 0 || self.collector.max_in_flight_per_file == 0 {
             return Err(invalid(

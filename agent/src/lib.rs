@@ -80,6 +80,7 @@ pub async fn run(
         timeout: collector.request_timeout,
         max_in_flight: collector.max_in_flight,
         gzip_level: collector.gzip_level,
+        ca_file: collector.ca_file.as_deref(),
     };
     let shipper = Shipper::new(&shipper_config, health.clone(), give_up.clone())?;
     let (ship_tx, ship_rx) = mpsc::channel(collector.max_in_flight * 2);

@@ -360,6 +360,10 @@ pub struct AgentSetup {
     pub multiline_start: Option<&'static str>,
     /// More keys for the flow, as YAML lines indented by four spaces.
     pub flow_extra: &'static str,
+    /// The collector URL's host (`127.0.0.1`; e.g. `localhost` for a TLS certificate).
+    pub collector_host: &'static str,
+    /// `collector.ca_file`: trust this CA and send over `https://`.
+    pub collector_ca_file: Option<PathBuf>,
 }
 
 impl Default for AgentSetup {
@@ -377,6 +381,8 @@ impl Default for AgentSetup {
             request_timeout: None,
             multiline_start: None,
             flow_extra: "",
+            collector_host: "127.0.0.1",
+            collector_ca_file: None,
         }
     }
 }
@@ -428,18 +434,26 @@ pub fn write_agent_config(dir: &Path, setup: &AgentSetup) -> anyhow::Result<Path
         .rescan_interval
         .map(|i| format!("rescan_interval: {i}\n"))
         .unwrap_or_default();
-    let collector_extra = setup
+    let mut collector_extra = setup
         .request_timeout
         .map(|t| format!("  request_timeout: {t}\n"))
         .unwrap_or_default();
+    let scheme = match &setup.collector_ca_file {
+        Some(ca) => {
+            collector_extra.push_str(&format!("  ca_file: {:?}\n", ca.display().to_string()));
+            "https"
+        }
+        None => "http",
+    };
     let multiline = setup
         .multiline_start
         .map(|m| format!("    multiline: {{ start: {m:?}, flush_after: 300ms }}\n"))
         .unwrap_or_default();
     let text = format!(
-        "agent_id: e2e-booth\nstate_dir: agent-state\n{metrics}collector:\n  url: http://127.0.0.1:{}\n  token_file: agent.token\n{collector_extra}\
+        "agent_id: e2e-booth\nstate_dir: agent-state\n{metrics}collector:\n  url: {scheme}://{}:{}\n  token_file: agent.token\n{collector_extra}\
          poll_interval: {}\n{rescan}rotate_wait: 1s\nflows:\n  - stream: toll-transactions\n    paths: [{}]\n    exclude: [{}]\n\
          \x20   start_at: {}\n    batch: {{ max_records: {}, max_bytes: 1MiB, max_age: {} }}\n{multiline}{}",
+        setup.collector_host,
         setup.collector_port,
         setup.poll_interval,
         paths.join(", "),

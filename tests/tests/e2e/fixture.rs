@@ -157,7 +157,8 @@ impl Pipeline {
     }
 
     pub fn wait_collector_ready(&self) -> anyhow::Result<()> {
-        let addr = ([127, 0, 0, 1], self.collector_port).into();
+        // The metrics port serves /healthz too, over plain HTTP even when ingest is TLS.
+        let addr = ([127, 0, 0, 1], self.collector_metrics_port).into();
         wait_for(
             "the collector to answer /healthz",
             Duration::from_secs(30),

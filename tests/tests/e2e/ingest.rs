@@ -463,3 +463,72 @@ fn tokens_reload_on_sighup_and_a_token_bound_to_an_agent_sends_only_as_that_agen
     pipeline.stop()?;
     Ok(())
 }
+
+#[test]
+fn over_tls_the_agent_ships_to_the_collector_it_trusts_and_plain_http_is_refused()
+-> anyhow::Result<()> {
+    let rcgen::CertifiedKey { cert, signing_key } =
+        rcgen::generate_simple_self_signed(vec!["localhost".to_string()])?;
+    let mut pipeline = Pipeline::start_full(
+        |dir, setup| {
+            std::fs::write(dir.join("cert.pem"), cert.pem())?;
+            std::fs::write(dir.join("key.pem"), signing_key.serialize_pem())?;
+            setup.extra =
+                "ingest:\n  tls:\n    cert_file: cert.pem\n    key_file: key.pem\n".into();
+            Ok(())
+        },
+        Ok,
+        |agent| {
+            agent.collector_host = "localhost";
+            agent.collector_ca_file = Some("cert.pem".into());
+        },
+        |_| Ok(()),
+    )?;
+    let log = pipeline.dir.path().join("logs").join("booth.log");
+    append(&log, &(0..2000).map(line).collect::<Vec<_>>())?;
+    pipeline.wait_loaded(2000, 0)?;
+    // Plain HTTP to the TLS port gets no answer: the handshake fails and is counted.
+    let answer = exchange(
+        pipeline.collector_port,
+        post_head("content-length: 2\r\n"),
+        std::iter::once(b"a\n".to_vec()),
+        Duration::ZERO,
+        Duration::from_secs(30),
+    )?;
+    assert_eq!(answer.status, None, "{answer:?}");
+    wait_for(
+        "the failed handshake to be counted",
+        Duration::from_secs(30),
+        || {
+            pipeline
+                .collector_metric("tollstream_collector_tls_handshake_errors_total", "")
+                .is_some_and(|n| n >= 1.0)
+        },
+    )?;
+    // A renewed certificate is read on SIGHUP.
+    let renewed = rcgen::generate_simple_self_signed(vec!["localhost".to_string()])?;
+    std::fs::write(pipeline.dir.path().join("cert.pem"), renewed.cert.pem())?;
+    std::fs::write(
+        pipeline.dir.path().join("key.pem"),
+        renewed.signing_key.serialize_pem(),
+    )?;
+    let pid = pipeline.collector.pid().context("collector pid")?;
+    let status = std::process::Command::new("kill")
+        .args(["-HUP", &pid.to_string()])
+        .status()?;
+    anyhow::ensure!(status.success(), "kill -HUP failed");
+    wait_for(
+        "the TLS files to be reloaded",
+        Duration::from_secs(30),
+        || {
+            pipeline
+                .collector_metric(
+                    "tollstream_collector_reloads_total",
+                    "what=\"tls\",result=\"ok\"",
+                )
+                .is_some_and(|n| n >= 1.0)
+        },
+    )?;
+    pipeline.stop()?;
+    Ok(())
+}
