@@ -127,14 +127,15 @@ pub struct IngestConfig {
     pub max_buffered_bytes: u64,
     /// Open connections at most, default 4096; further connections are closed at once.
     pub max_connections: usize,
-    /// Time a new connection (or a keep-alive one, for its next request) has to send a
-    /// complete request head, default 10s (slowloris protection).
+    /// Time a request head has from its first byte (from the connection's opening, for the
+    /// first request) to be complete, default 10s (slowloris protection).
     #[serde(with = "duration")]
     pub header_timeout: Duration,
     /// Time a request has to deliver its whole body, default 60s. Slower: 408.
     #[serde(with = "duration")]
     pub body_timeout: Duration,
-    /// A connection with no traffic at all for this long is closed, default 90s.
+    /// A keep-alive connection silent this long between requests is closed, default 120s
+    /// (longer than the agents' own 90 s pool idle timeout, so they close first).
     #[serde(with = "duration")]
     pub idle_timeout: Duration,
     /// Serve HTTPS with these PEM files instead of plain HTTP.
@@ -153,7 +154,7 @@ impl Default for IngestConfig {
             max_connections: 4096,
             header_timeout: Duration::from_secs(10),
             body_timeout: Duration::from_secs(60),
-            idle_timeout: Duration::from_secs(90),
+            idle_timeout: Duration::from_secs(120),
             tls: None,
         }
     }

@@ -112,8 +112,8 @@ fn describe() {
         "Connections closed at once because ingest.max_connections were open."
     );
     describe_counter!(
-        "tollstream_collector_connections_idle_closed_total",
-        "Connections closed after ingest.idle_timeout without traffic."
+        "tollstream_collector_connections_closed_total",
+        "Connections the collector closed: idle (ingest.idle_timeout between requests) or header_timeout (a request head too slow)."
     );
     describe_counter!(
         "tollstream_collector_accept_errors_total",

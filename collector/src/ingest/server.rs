@@ -3,10 +3,13 @@
 //!
 //! * At most `max_connections` are open; one more is answered `503` (JSON, `Retry-After`)
 //!   and closed at once, so a flood of connections cannot exhaust descriptors or memory.
-//! * A connection has `header_timeout` to send a complete request head (hyper's header
-//!   read timeout, which starts when the connection opens): a slowloris client trickling
-//!   its headers is cut off there. The body has `body_timeout` (see [`super::body`]).
-//! * A connection with no bytes in either direction for `idle_timeout` is closed.
+//! * A request head must be complete within `header_timeout` of its first byte (of the
+//!   connection's opening, for the first request): a slowloris client trickling its
+//!   headers is cut off there. The body has `body_timeout` (see [`super::body`]).
+//! * Between requests, a keep-alive connection may stay silent for `idle_timeout`, then it
+//!   is closed. (hyper's own header read timeout also runs while a connection idles between
+//!   requests, which would close an agent's pooled connection after seconds; so it is off
+//!   and both clocks are kept here.)
 //! * With TLS, the handshake must finish within `header_timeout` too. Certificate and key
 //!   are read again on SIGHUP ([`TlsFiles::reload`]); connections made after that use them.
 //! * On shutdown, no new connections are accepted, idle ones close, and requests in
@@ -15,22 +18,22 @@
 use std::io::IoSlice;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::Router;
-use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::service::TowerToHyperService;
+use hyper_util::rt::TokioIo;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
+use tokio::sync::{Notify, Semaphore};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tower::ServiceExt;
 use tracing::{debug, error, info, warn};
 
 /// Connection limits and timeouts.
@@ -138,12 +141,21 @@ async fn connection<I>(
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    let service = {
+        let activity = activity.clone();
+        hyper::service::service_fn(move |request| {
+            let (app, activity) = (app.clone(), activity.clone());
+            activity.request_started();
+            async move {
+                let response = app.oneshot(request).await;
+                activity.request_finished();
+                response
+            }
+        })
+    };
     let mut builder = hyper::server::conn::http1::Builder::new();
-    builder
-        .timer(TokioTimer::new())
-        .header_read_timeout(options.header_timeout)
-        .keep_alive(true);
-    let conn = builder.serve_connection(TokioIo::new(io), TowerToHyperService::new(app));
+    builder.header_read_timeout(None).keep_alive(true);
+    let conn = builder.serve_connection(TokioIo::new(io), service);
     tokio::pin!(conn);
     let mut hard_stop: Option<Instant> = None;
     loop {
@@ -158,10 +170,19 @@ async fn connection<I>(
                 conn.as_mut().graceful_shutdown();
                 hard_stop = Some(Instant::now() + options.drain_timeout);
             }
-            () = activity.idle_for(options.idle_timeout), if hard_stop.is_none() => {
-                metrics::counter!("tollstream_collector_connections_idle_closed_total").increment(1);
-                conn.as_mut().graceful_shutdown();
-                hard_stop = Some(Instant::now() + options.drain_timeout);
+            expiry = activity.expiry(options.header_timeout, options.idle_timeout), if hard_stop.is_none() => {
+                match expiry {
+                    Expiry::Header => {
+                        // Mid-head there is nothing to finish gracefully: cut it off.
+                        metrics::counter!("tollstream_collector_connections_closed_total", "reason" => "header_timeout").increment(1);
+                        return;
+                    }
+                    Expiry::Idle => {
+                        metrics::counter!("tollstream_collector_connections_closed_total", "reason" => "idle").increment(1);
+                        conn.as_mut().graceful_shutdown();
+                        hard_stop = Some(Instant::now() + options.drain_timeout);
+                    }
+                }
             }
             () = sleep_until(hard_stop), if hard_stop.is_some() => return,
         }
@@ -175,34 +196,106 @@ async fn sleep_until(deadline: Option<Instant>) {
     }
 }
 
-/// When a connection last moved a byte.
+/// Which clock ran out on a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Expiry {
+    /// A request head took longer than `header_timeout`.
+    Header,
+    /// Silent between requests for `idle_timeout`.
+    Idle,
+}
+
+/// Waiting for the first byte of the next request.
+const BETWEEN: u8 = 0;
+/// Reading a request head.
+const HEAD: u8 = 1;
+/// A request is being served (its body is read under `body_timeout`).
+const REQUEST: u8 = 2;
+
+/// Where a connection is in its request cycle and when it last moved a byte.
 struct Activity {
     base: Instant,
+    phase: AtomicU8,
+    /// When the current head's first byte came (for the first request: the connection's
+    /// opening), in milliseconds since `base`.
+    head_since_ms: AtomicU64,
+    /// When a byte last moved, or a request last finished.
     last_ms: AtomicU64,
+    changed: Notify,
 }
 
 impl Activity {
     fn new() -> Self {
         Self {
             base: Instant::now(),
+            phase: AtomicU8::new(HEAD),
+            head_since_ms: AtomicU64::new(0),
             last_ms: AtomicU64::new(0),
+            changed: Notify::new(),
         }
     }
 
-    fn touch(&self) {
-        let ms = u64::try_from(self.base.elapsed().as_millis()).unwrap_or(u64::MAX);
-        self.last_ms.store(ms, Ordering::Relaxed);
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.base.elapsed().as_millis()).unwrap_or(u64::MAX)
     }
 
-    /// Completes once nothing has moved for `limit`.
-    async fn idle_for(&self, limit: Duration) {
+    fn at(&self, ms: u64) -> Instant {
+        self.base + Duration::from_millis(ms)
+    }
+
+    fn on_read(&self) {
+        let now = self.now_ms();
+        self.last_ms.store(now, Ordering::SeqCst);
+        if self.phase.load(Ordering::SeqCst) == BETWEEN {
+            // The time first, so a watcher that sees HEAD sees its start.
+            self.head_since_ms.store(now, Ordering::SeqCst);
+            self.phase.store(HEAD, Ordering::SeqCst);
+            self.changed.notify_one();
+        }
+    }
+
+    fn on_write(&self) {
+        self.last_ms.store(self.now_ms(), Ordering::SeqCst);
+    }
+
+    fn request_started(&self) {
+        self.phase.store(REQUEST, Ordering::SeqCst);
+        self.changed.notify_one();
+    }
+
+    fn request_finished(&self) {
+        self.last_ms.store(self.now_ms(), Ordering::SeqCst);
+        self.phase.store(BETWEEN, Ordering::SeqCst);
+        self.changed.notify_one();
+    }
+
+    /// Completes when the clock of the current phase runs out.
+    async fn expiry(&self, header_timeout: Duration, idle_timeout: Duration) -> Expiry {
         loop {
-            let last = self.base + Duration::from_millis(self.last_ms.load(Ordering::Relaxed));
-            let deadline = last + limit;
-            if Instant::now() >= deadline {
-                return;
+            let changed = self.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            let deadline = match self.phase.load(Ordering::SeqCst) {
+                HEAD => Some((
+                    self.at(self.head_since_ms.load(Ordering::SeqCst)) + header_timeout,
+                    Expiry::Header,
+                )),
+                BETWEEN => Some((
+                    self.at(self.last_ms.load(Ordering::SeqCst)) + idle_timeout,
+                    Expiry::Idle,
+                )),
+                _ => None,
+            };
+            match deadline {
+                Some((deadline, expiry)) if Instant::now() >= deadline => return expiry,
+                Some((deadline, _)) => {
+                    tokio::select! {
+                        () = tokio::time::sleep_until(deadline) => {}
+                        () = &mut changed => {}
+                    }
+                }
+                None => changed.await,
             }
-            tokio::time::sleep_until(deadline).await;
         }
     }
 }
@@ -222,7 +315,7 @@ impl<S: AsyncRead + Unpin> AsyncRead for Tracked<S> {
         let before = buf.filled().len();
         let result = Pin::new(&mut self.inner).poll_read(cx, buf);
         if matches!(result, Poll::Ready(Ok(()))) && buf.filled().len() > before {
-            self.activity.touch();
+            self.activity.on_read();
         }
         result
     }
@@ -236,7 +329,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Tracked<S> {
     ) -> Poll<std::io::Result<usize>> {
         let result = Pin::new(&mut self.inner).poll_write(cx, buf);
         if matches!(result, Poll::Ready(Ok(n)) if n > 0) {
-            self.activity.touch();
+            self.activity.on_write();
         }
         result
     }
@@ -248,7 +341,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Tracked<S> {
     ) -> Poll<std::io::Result<usize>> {
         let result = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
         if matches!(result, Poll::Ready(Ok(n)) if n > 0) {
-            self.activity.touch();
+            self.activity.on_write();
         }
         result
     }

@@ -143,6 +143,7 @@ fn hostile_requests_get_their_documented_answers_while_an_agent_keeps_shipping()
     let port = pipeline.collector_port;
     let log = pipeline.dir.path().join("logs").join("booth.log");
     let mut written = 0usize;
+    let mut written_extra = 0i64;
     let mut ship = |n: usize| -> anyhow::Result<()> {
         let lines: Vec<String> = (written..written + n).map(line).collect();
         written += n;
@@ -278,9 +279,43 @@ fn hostile_requests_get_their_documented_answers_while_an_agent_keeps_shipping()
     assert_eq!(answer.status, Some(408), "slow body: {answer:?}");
     assert!(answer.text.contains("body_timeout"), "{answer:?}");
 
+    // A keep-alive connection may idle between requests for longer than header_timeout
+    // (it is idle_timeout that applies there): an agent's pooled connection stays usable.
+    let mut kept = TcpStream::connect(("127.0.0.1", port))?;
+    kept.set_read_timeout(Some(Duration::from_secs(30)))?;
+    for round in 0..2 {
+        if round == 1 {
+            std::thread::sleep(Duration::from_millis(1500)); // Idle past header_timeout (1 s).
+        }
+        let body = line(800_000 + round);
+        kept.write_all(
+            format!(
+                "{}{body}",
+                post_head(&format!("content-length: {}\r\n", body.len()))
+            )
+            .as_bytes(),
+        )?;
+        let mut received = Vec::new();
+        let mut chunk = [0u8; 4096];
+        while !complete(&received) {
+            let n = kept
+                .read(&mut chunk)
+                .context("keep-alive connection closed")?;
+            anyhow::ensure!(n > 0, "keep-alive connection closed after {round} requests");
+            received.extend_from_slice(&chunk[..n]);
+        }
+        assert!(
+            received.starts_with(b"HTTP/1.1 200"),
+            "{}",
+            String::from_utf8_lossy(&received)
+        );
+    }
+    drop(kept);
+    written_extra += 2;
+
     // Meanwhile the agent shipped every line, once.
     ship(500)?;
-    pipeline.wait_loaded(written as u64, 0)?;
+    pipeline.wait_loaded(written as u64 + written_extra as u64, 0)?;
     let after = collector_usage(&pipeline)?;
     eprintln!(
         "ingest: collector peak RSS {} MiB before the hostile requests, {} MiB after",
@@ -304,7 +339,7 @@ fn hostile_requests_get_their_documented_answers_while_an_agent_keeps_shipping()
     let warehouse = pipeline.warehouse()?;
     assert_eq!(
         warehouse.count("SELECT COUNT(DISTINCT transaction_id) FROM toll_transactions")?,
-        written as i64
+        written as i64 + written_extra
     );
     assert_eq!(
         warehouse.count("SELECT COALESCE(SUM(duplicates), 0) FROM loads")?,
