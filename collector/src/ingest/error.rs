@@ -33,6 +33,10 @@ pub enum Reason {
     Unavailable,
     /// Unsupported content encoding.
     UnsupportedEncoding,
+    /// A path the API does not have.
+    NoSuchEndpoint,
+    /// A method the path does not serve.
+    MethodNotAllowed,
 }
 
 impl Reason {
@@ -50,6 +54,8 @@ impl Reason {
             Self::DiskFull => "disk_full",
             Self::Unavailable => "unavailable",
             Self::UnsupportedEncoding => "unsupported_encoding",
+            Self::NoSuchEndpoint => "no_such_endpoint",
+            Self::MethodNotAllowed => "method_not_allowed",
         }
     }
 
@@ -65,6 +71,8 @@ impl Reason {
             Self::Busy => StatusCode::TOO_MANY_REQUESTS,
             Self::WalFull | Self::DiskFull | Self::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             Self::UnsupportedEncoding => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Self::NoSuchEndpoint => StatusCode::NOT_FOUND,
+            Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
         }
     }
 

@@ -62,7 +62,21 @@ pub struct IngestState {
 /// The ingest routes.
 pub fn router(state: Arc<IngestState>) -> Router {
     Router::new()
-        .route("/v1/streams/{stream}/records", post(post_records))
+        .route(
+            "/v1/streams/{stream}/records",
+            post(post_records).fallback(|| async {
+                ApiError::new(
+                    Reason::MethodNotAllowed,
+                    "only POST is served here: POST /v1/streams/{stream}/records",
+                )
+            }),
+        )
+        .fallback(|| async {
+            ApiError::new(
+                Reason::NoSuchEndpoint,
+                "no such endpoint; send batches to POST /v1/streams/{stream}/records",
+            )
+        })
         .with_state(state)
 }
 

@@ -435,3 +435,28 @@ async fn no_memory_budget_left_is_429_and_a_full_wal_or_disk_is_503_with_retry_a
         Some("2")
     );
 }
+
+#[tokio::test]
+async fn other_paths_and_methods_get_json_errors() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (app, _thread) = app(dir.path(), 1 << 20);
+    let get = Request::get("/v1/streams/toll-transactions/records")
+        .body(Body::empty())
+        .expect("request");
+    let (status, answer) = send(&app, get).await;
+    assert_eq!(
+        (status, answer["reason"].as_str()),
+        (405, Some("method_not_allowed")),
+        "{answer}"
+    );
+    let (status, answer) = send(
+        &app,
+        Request::get("/nope").body(Body::empty()).expect("request"),
+    )
+    .await;
+    assert_eq!(
+        (status, answer["reason"].as_str()),
+        (404, Some("no_such_endpoint")),
+        "{answer}"
+    );
+}
