@@ -369,7 +369,7 @@ impl Config {
         if self.wal.segment_bytes < 64 * 1024 {
             return Err(invalid("wal.segment_bytes must be >= 64KiB".into()));
         }
-        if self.wal.max_bytes < 2 * self.wal.segment_bytes {
+        if self.wal.max_bytes < self.wal.segment_bytes.saturating_mul(2) {
             return Err(invalid(
                 "wal.max_bytes must be at least twice wal.segment_bytes (a full segment is \
                  deleted only once the next one has started)"
@@ -377,6 +377,24 @@ impl Config {
             ));
         }
         let ingest = &self.ingest;
+        if ingest.max_body_bytes > 1 << 30 || ingest.max_decompressed_bytes > 1 << 30 {
+            return Err(invalid(
+                "ingest.max_body_bytes and ingest.max_decompressed_bytes must be <= 1GiB".into(),
+            ));
+        }
+        if ingest.max_decompressed_bytes < 64 * 1024 {
+            return Err(invalid(
+                "ingest.max_decompressed_bytes must be >= 64KiB".into(),
+            ));
+        }
+        if ingest.max_buffered_bytes > 64 << 30 {
+            return Err(invalid("ingest.max_buffered_bytes must be <= 64GiB".into()));
+        }
+        if !(1..=1_000_000).contains(&ingest.max_connections) {
+            return Err(invalid(
+                "ingest.max_connections must be between 1 and 1000000".into(),
+            ));
+        }
         if ingest.max_buffered_bytes < ingest.max_body_bytes + ingest.max_decompressed_bytes {
             return Err(invalid(
                 "ingest.max_buffered_bytes must hold at least one request: >= \
@@ -387,10 +405,8 @@ impl Config {
         if ingest.max_line_bytes < 128 {
             return Err(invalid("ingest.max_line_bytes must be >= 128B".into()));
         }
-        if ingest.max_records_per_batch == 0 || ingest.max_connections == 0 {
-            return Err(invalid(
-                "ingest.max_records_per_batch and ingest.max_connections must be >= 1".into(),
-            ));
+        if ingest.max_records_per_batch == 0 {
+            return Err(invalid("ingest.max_records_per_batch must be >= 1".into()));
         }
         for (key, value) in [
             ("header_timeout", ingest.header_timeout),

@@ -10,12 +10,13 @@ use axum::routing::get;
 use serde_json::json;
 
 use crate::disk::DiskGuard;
-use crate::wal::Wal;
+use crate::wal::DiskUsage;
 
-/// What readiness looks at.
+/// What readiness looks at. It holds no WAL handle: a health request left hanging must
+/// not keep a WAL writer from stopping at shutdown.
 pub struct Readiness {
-    /// Each stream's WAL.
-    pub streams: Vec<(String, Wal)>,
+    /// Each stream's WAL size on disk.
+    pub streams: Vec<(String, Arc<DiskUsage>)>,
     /// Most bytes one stream's WAL may hold.
     pub wal_max_bytes: u64,
     /// Free space of the data directory.
@@ -33,8 +34,8 @@ impl Readiness {
                 self.disk.min_free()
             ));
         }
-        for (name, wal) in &self.streams {
-            let bytes = wal.disk_bytes();
+        for (name, usage) in &self.streams {
+            let bytes = usage.bytes();
             if bytes >= self.wal_max_bytes {
                 problems.push(format!(
                     "stream {name}'s WAL holds {bytes} bytes, at wal.max_bytes ({}): the archive stage is behind",

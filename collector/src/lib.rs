@@ -156,7 +156,10 @@ pub async fn run(
         wals.insert(name.clone(), wal);
     }
     let readiness = Arc::new(health::Readiness {
-        streams: wals.iter().map(|(n, w)| (n.clone(), w.clone())).collect(),
+        streams: wals
+            .iter()
+            .map(|(n, w)| (n.clone(), w.disk_usage()))
+            .collect(),
         wal_max_bytes: config.wal.max_bytes,
         disk: disk.clone(),
     });
@@ -183,28 +186,32 @@ pub async fn run(
     let side = CancellationToken::new();
     tokio::spawn(disk.clone().watch(side.clone()));
     tokio::spawn(reload_on_signal(reload, tokens, tls.clone(), side.clone()));
-    if let Some(listener) = listeners.metrics {
-        let addr = listener.local_addr()?;
-        let token = shutdown.clone();
-        let app = metrics::router(metrics).merge(health::router(readiness));
-        tracker.spawn(async move {
-            if let Err(error) = axum::serve(listener, app)
-                .with_graceful_shutdown(token.cancelled_owned())
-                .await
-            {
-                warn!(%error, "Metrics server failed.");
-            }
-        });
-        info!(%addr, "Serving /metrics.");
-    }
-    let scheme = if tls.is_some() { "https" } else { "http" };
-    info!(addr = %ingest_addr, scheme, data_dir = %data_dir.display(), warehouse = %warehouse_path.display(), "Collector ready.");
     let options = ServerOptions {
         max_connections: ingest.max_connections,
         header_timeout: ingest.header_timeout,
         idle_timeout: ingest.idle_timeout,
         drain_timeout: ingest.body_timeout,
     };
+    if let Some(listener) = listeners.metrics {
+        let addr = listener.local_addr()?;
+        let app = metrics::router(metrics).merge(health::router(readiness));
+        // The same connection limits and timeouts as ingest: a scrape left hanging cannot
+        // hold up a shutdown.
+        let metrics_options = ServerOptions {
+            max_connections: 64,
+            ..options
+        };
+        tracker.spawn(ingest::server::serve(
+            listener,
+            app,
+            metrics_options,
+            None,
+            shutdown.clone(),
+        ));
+        info!(%addr, "Serving /metrics.");
+    }
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    info!(addr = %ingest_addr, scheme, data_dir = %data_dir.display(), warehouse = %warehouse_path.display(), "Collector ready.");
     ingest::server::serve(listeners.ingest, app, options, tls, shutdown.clone()).await;
     side.cancel();
     // The server (and with it every WAL handle) is gone: the writers drain and stop, which
@@ -217,8 +224,17 @@ pub async fn run(
     {
         warn!(grace = ?config.shutdown_grace, "Shutdown exceeded the grace period; what was not loaded stays in the WAL and archive for the next start.");
     }
-    for thread in writer_threads {
-        let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+    let joined = async {
+        for thread in writer_threads {
+            let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+        }
+    };
+    if tokio::time::timeout(config.shutdown_grace, joined)
+        .await
+        .is_err()
+    {
+        // Everything acknowledged is fsynced already; what a writer still holds was not.
+        warn!("A WAL writer did not stop within the grace period; exiting without it.");
     }
     info!("Collector stopped.");
     Ok(())

@@ -96,7 +96,7 @@ fn yaml_like(config: &Config) -> anyhow::Result<String> {
 fn serve(config: Config) -> anyhow::Result<()> {
     // Every connection is a descriptor: take the hard limit (systemd's LimitNOFILE).
     match rlimit::increase_nofile_limit(u64::MAX) {
-        Ok(limit) if (limit as usize) < config.ingest.max_connections + 256 => tracing::warn!(
+        Ok(limit) if limit < config.ingest.max_connections as u64 + 256 => tracing::warn!(
             limit,
             max_connections = config.ingest.max_connections,
             "The open-files limit is below ingest.max_connections plus what the WAL, archive \

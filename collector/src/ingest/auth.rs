@@ -9,7 +9,10 @@
 //! booth-017 7kd93kfa...
 //! ```
 //!
-//! Tokens are compared in time independent of where they differ, and never logged.
+//! Tokens are compared as SHA-256 digests in constant time (so neither where a guess
+//! differs nor how long the real token is shows in the time taken), and never logged.
+//! Replace the file atomically (write a temporary file, then `mv` it over) before SIGHUP, so
+//! a reload never reads it half-written.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
@@ -21,7 +24,14 @@ use tracing::{error, info};
 struct Entry {
     /// The agent id the token is bound to, if any.
     agent: Option<String>,
-    token: Vec<u8>,
+    /// SHA-256 of the token.
+    digest: [u8; 32],
+}
+
+fn digest(token: &[u8]) -> [u8; 32] {
+    let mut out = [0u8; 32];
+    out.copy_from_slice(ring::digest::digest(&ring::digest::SHA256, token).as_ref());
+    out
 }
 
 /// What a presented token is allowed to do.
@@ -78,15 +88,11 @@ impl Tokens {
                 continue;
             }
             let mut words = line.split_whitespace();
-            let entry = match (words.next(), words.next(), words.next()) {
-                (Some(token), None, None) => Entry {
-                    agent: None,
-                    token: token.as_bytes().to_vec(),
-                },
-                (Some(agent), Some(token), None) if valid_agent_id(agent) => Entry {
-                    agent: Some(agent.to_owned()),
-                    token: token.as_bytes().to_vec(),
-                },
+            let (agent, token) = match (words.next(), words.next(), words.next()) {
+                (Some(token), None, None) => (None, token),
+                (Some(agent), Some(token), None) if valid_agent_id(agent) => {
+                    (Some(agent.to_owned()), token)
+                }
                 _ => anyhow::bail!(
                     "agent tokens file {} line {}: expected TOKEN or AGENT_ID TOKEN (agent ids \
                      are letters, digits, '.', '_' or '-')",
@@ -94,7 +100,7 @@ impl Tokens {
                     i + 1
                 ),
             };
-            if entry.token.len() < 16 {
+            if token.len() < 16 {
                 anyhow::bail!(
                     "agent tokens file {} line {}: the token is shorter than 16 characters; \
                      use a random one, e.g. from `openssl rand -hex 24`",
@@ -102,7 +108,10 @@ impl Tokens {
                     i + 1
                 );
             }
-            entries.push(entry);
+            entries.push(Entry {
+                agent,
+                digest: digest(token.as_bytes()),
+            });
         }
         if entries.is_empty() {
             anyhow::bail!(
@@ -128,11 +137,11 @@ impl Tokens {
     /// # Errors
     /// [`Refusal`] saying why not.
     pub fn check(&self, presented: Option<&[u8]>, source: &str) -> Result<Grant, Refusal> {
-        let presented = presented.ok_or(Refusal::Missing)?;
+        let presented = digest(presented.ok_or(Refusal::Missing)?);
         // Every entry is compared, so the time taken does not say which one matched.
         let mut found: Option<&Entry> = None;
         for entry in &self.entries {
-            if constant_time_eq::constant_time_eq(&entry.token, presented) {
+            if constant_time_eq::constant_time_eq_32(&entry.digest, &presented) {
                 found = Some(entry);
             }
         }

@@ -96,7 +96,20 @@ impl Held {
         }
         Ok(())
     }
+
+    /// Gives `bytes` back to the budget (memory freed before the request ends).
+    pub fn give_back(&mut self, bytes: usize) {
+        if let Some(held) = &mut self.permit
+            && let Some(freed) = held.split(bytes.min(held.num_permits()))
+        {
+            drop(freed);
+        }
+    }
 }
+
+/// What a body buffer starts with when `Content-Length` is known (it grows, counted, as
+/// bytes arrive).
+const INITIAL_BODY_CAPACITY: u64 = 1 << 20;
 
 /// Limits for reading one body.
 #[derive(Debug, Clone, Copy)]
@@ -137,9 +150,12 @@ pub async fn read(
         return Err(too_large());
     }
     let collect = async {
-        let capacity = declared.unwrap_or(64 * 1024).min(limits.max_body_bytes) as usize;
-        held.take(capacity)?;
-        let mut buf = BytesMut::with_capacity(capacity);
+        // Room is taken as bytes arrive, never for what a Content-Length merely promises:
+        // a client that announces much and sends nothing holds nothing.
+        let initial = declared.unwrap_or(0).min(INITIAL_BODY_CAPACITY) as usize;
+        held.take(initial)?;
+        let mut counted = initial;
+        let mut buf = BytesMut::with_capacity(initial);
         let mut body = body;
         while let Some(frame) = body.frame().await {
             let frame = frame.map_err(|e| {
@@ -156,11 +172,17 @@ pub async fn read(
                 return Err(too_large());
             }
             if needed > buf.capacity() {
-                let grown = needed
+                let target = needed
                     .max(buf.capacity() * 2)
                     .min(limits.max_body_bytes as usize);
-                held.take(grown - buf.capacity())?;
-                buf.reserve(grown - buf.len());
+                // The old and the new allocation live together while the bytes move.
+                held.take(target)?;
+                let mut grown = BytesMut::with_capacity(target);
+                grown.extend_from_slice(&buf);
+                drop(buf);
+                buf = grown;
+                held.give_back(counted);
+                counted = target;
             }
             buf.extend_from_slice(&data);
         }
@@ -216,7 +238,7 @@ pub async fn decode(
 fn inflate(body: &[u8], limit: u64, mut held: Held) -> Result<(Bytes, Held), ApiError> {
     let limit = usize::try_from(limit).unwrap_or(usize::MAX);
     let mut decoder = flate2::bufread::MultiGzDecoder::new(body);
-    let start = (body.len().saturating_mul(4)).clamp(64 * 1024, limit.max(1));
+    let start = body.len().saturating_mul(4).max(64 * 1024).min(limit);
     held.take(start)?;
     let mut out: Vec<u8> = Vec::with_capacity(start);
     let mut chunk = vec![0u8; 64 * 1024];
@@ -241,9 +263,14 @@ fn inflate(body: &[u8], limit: u64, mut held: Held) -> Result<(Bytes, Held), Api
             ));
         }
         if out.len() + n > out.capacity() {
+            // reserve_exact may still round up: count what was really allocated, and the
+            // old allocation too while realloc moves the bytes.
             let grown = (out.capacity() * 2).max(out.len() + n).min(limit);
-            held.take(grown - out.capacity())?;
+            let before = out.capacity();
+            held.take(grown)?;
             out.reserve_exact(grown - out.len());
+            held.take(out.capacity().saturating_sub(grown))?;
+            held.give_back(before);
         }
         out.extend_from_slice(&chunk[..n]);
     }

@@ -6,6 +6,11 @@ use bytes::Bytes;
 use super::RANGE_HEADER;
 use super::error::{ApiError, Reason};
 
+/// The longest original line a cut line may stand for (64 GiB): an agent cuts lines it
+/// cannot ship whole, but no real log line is longer, and a bogus span must not mark a
+/// whole source delivered.
+const MAX_CUT_LINE_SPAN: u64 = 64 << 30;
+
 /// Per-batch limits.
 #[derive(Debug, Clone, Copy)]
 pub struct BatchLimits {
@@ -31,6 +36,7 @@ pub fn check(
             // One line the agent cut to its max_line_bytes stands for more bytes than it
             // holds; alone in its batch, it can only ever be a duplicate as a whole.
             let one_cut_line = end - start > data.len() as u64
+                && end - start <= MAX_CUT_LINE_SPAN
                 && memchr::memchr(b'\n', &data).is_some_and(|nl| nl + 1 == data.len());
             if end - start != data.len() as u64 && !one_cut_line {
                 return Err(bad(format!(

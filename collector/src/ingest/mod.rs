@@ -40,6 +40,9 @@ pub const SOURCE_HEADER: &str = "x-tollstream-source";
 pub const RANGE_HEADER: &str = "x-tollstream-range";
 /// Longest accepted source name.
 pub const MAX_SOURCE_LEN: usize = 512;
+/// Highest byte offset a range may name (1 PiB): far past any log file, and low enough
+/// that a bogus range cannot mark a source delivered up to the end of all offsets.
+pub const MAX_SOURCE_OFFSET: u64 = 1 << 50;
 
 /// What the ingest handlers share.
 pub struct IngestState {
@@ -89,7 +92,9 @@ async fn post_records(
     let started = tokio::time::Instant::now();
     let presented = headers
         .get(header::AUTHORIZATION)
-        .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "));
+        .map(|v| v.as_bytes())
+        .filter(|v| v.len() > 7 && v[..7].eq_ignore_ascii_case(b"bearer "))
+        .map(|v| &v[7..]);
     let tokens = state.tokens.current();
     // Who is asking comes before what they ask: no header checks for strangers.
     tokens.check(presented, "-").map_err(refusal)?;
@@ -110,14 +115,18 @@ async fn post_records(
     let mut held = body::Held::new(&state.budget);
     let raw = body::read(&headers, body, &state.body, &mut held).await?;
     let received_bytes = raw.len() as u64;
-    let (data, _held) =
-        body::decode(&headers, raw, state.body.max_decompressed_bytes, held).await?;
+    let (data, held) = body::decode(&headers, raw, state.body.max_decompressed_bytes, held).await?;
     let (data, records) = framing::check(data, range, &state.batch)?;
+    metrics::gauge!("tollstream_collector_ingest_buffered_bytes")
+        .set((state.budget.total() - state.budget.available()) as f64);
     let request = AppendRequest {
         source,
         range,
         data,
         records,
+        // The memory stays counted until the writer is done with it, even if this request
+        // is dropped (its client hung up) while the batch waits in the WAL's queue.
+        lease: Some(Box::new(held)),
     };
     let appended = wal
         .append(request)
@@ -224,10 +233,12 @@ fn batch_identity(headers: &HeaderMap) -> Result<(String, Option<(u64, u64)>), A
                 .and_then(|t| t.split_once('-'))
                 .and_then(|(a, b)| Some((a.parse::<u64>().ok()?, b.parse::<u64>().ok()?)));
             match parsed {
-                Some((start, end)) if start <= end => Some((start, end)),
+                Some((start, end)) if start <= end && end <= MAX_SOURCE_OFFSET => {
+                    Some((start, end))
+                }
                 _ => {
                     return Err(bad(format!(
-                        "{RANGE_HEADER} must be START-END with START <= END, e.g. 0-4096"
+                        "{RANGE_HEADER} must be START-END with START <= END <= 2^50, e.g. 0-4096"
                     )));
                 }
             }
@@ -241,14 +252,16 @@ fn batch_identity(headers: &HeaderMap) -> Result<(String, Option<(u64, u64)>), A
     }
 }
 
-fn wal_error(error: WalError, disk: &DiskGuard) -> ApiError {
+fn wal_error(error: WalError, disk: &Arc<DiskGuard>) -> ApiError {
     match error {
         WalError::Misaligned { .. } => ApiError::new(Reason::Conflict, error.to_string()),
         WalError::Io { ref source, .. }
             if source.kind() == std::io::ErrorKind::StorageFull
                 || source.raw_os_error() == Some(28) =>
         {
-            disk.refresh();
+            let disk = disk.clone();
+            // statvfs may block (a stuck network file system): not on a runtime thread.
+            drop(tokio::task::spawn_blocking(move || disk.refresh()));
             warn!(error = %error, "Batch not accepted: the disk is full.");
             ApiError::new(
                 Reason::DiskFull,

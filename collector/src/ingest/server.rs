@@ -36,6 +36,12 @@ use tokio_util::task::TaskTracker;
 use tower::ServiceExt;
 use tracing::{debug, error, info, warn};
 
+/// Read buffer of one connection: bounds a request head (hyper answers 431 past it).
+const MAX_CONNECTION_BUFFER: usize = 64 * 1024;
+
+/// Refused connections answered at once; past this many more are simply closed.
+const POLITE_REFUSALS: usize = 256;
+
 /// Connection limits and timeouts.
 #[derive(Debug, Clone, Copy)]
 pub struct ServerOptions {
@@ -58,6 +64,7 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) {
     let slots = Arc::new(Semaphore::new(options.max_connections));
+    let refusals = Arc::new(Semaphore::new(POLITE_REFUSALS));
     let connections = TaskTracker::new();
     loop {
         let accepted = tokio::select! {
@@ -76,7 +83,10 @@ pub async fn serve(
             }
         };
         let Ok(slot) = slots.clone().try_acquire_owned() else {
-            refuse_connection(&stream, options.max_connections);
+            metrics::counter!("tollstream_collector_connections_refused_total").increment(1);
+            if let Ok(refusal) = refusals.clone().try_acquire_owned() {
+                tokio::spawn(refuse_connection(stream, options.max_connections, refusal));
+            }
             continue;
         };
         let _ = stream.set_nodelay(true);
@@ -116,9 +126,15 @@ pub async fn serve(
     connections.wait().await;
 }
 
-/// Answers a connection over the limit with a 503 (best effort, never waiting) and closes it.
-fn refuse_connection(stream: &TcpStream, limit: usize) {
-    metrics::counter!("tollstream_collector_connections_refused_total").increment(1);
+/// Answers a connection over the limit with a 503 and closes it, reading (and dropping) what
+/// the client sent for up to a second first, so the close does not reset the connection
+/// before the answer is read.
+async fn refuse_connection(
+    mut stream: TcpStream,
+    limit: usize,
+    _refusal: tokio::sync::OwnedSemaphorePermit,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let body = format!(
         "{{\"error\":\"the collector has {limit} connections open, its limit \
          (ingest.max_connections); retry shortly\",\"reason\":\"too_many_connections\"}}"
@@ -128,7 +144,21 @@ fn refuse_connection(stream: &TcpStream, limit: usize) {
          connection: close\r\ncontent-length: {}\r\n\r\n{body}",
         body.len()
     );
-    let _ = stream.try_write(answer.as_bytes());
+    let polite = async {
+        stream.write_all(answer.as_bytes()).await?;
+        stream.shutdown().await?;
+        let mut sink = [0u8; 4096];
+        let mut left: usize = 64 * 1024;
+        while left > 0 {
+            let n = stream.read(&mut sink).await?;
+            if n == 0 {
+                break;
+            }
+            left = left.saturating_sub(n);
+        }
+        std::io::Result::Ok(())
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(1), polite).await;
 }
 
 /// Serves HTTP/1.1 requests on one connection until it ends, idles out or the server stops.
@@ -154,7 +184,13 @@ async fn connection<I>(
         })
     };
     let mut builder = hyper::server::conn::http1::Builder::new();
-    builder.header_read_timeout(None).keep_alive(true);
+    // A small read buffer caps what a request head (or a client sending one slowly) can
+    // hold per connection; bodies stream through it in pieces of this size.
+    builder
+        .header_read_timeout(None)
+        .keep_alive(true)
+        .max_buf_size(MAX_CONNECTION_BUFFER)
+        .max_headers(64);
     let conn = builder.serve_connection(TokioIo::new(io), service);
     tokio::pin!(conn);
     let mut hard_stop: Option<Instant> = None;

@@ -382,7 +382,12 @@ async fn no_memory_budget_left_is_429_and_a_full_wal_or_disk_is_503_with_retry_a
     );
     let response = app
         .clone()
-        .oneshot(post("toll-transactions", Some(TOKEN), &[], b"a\n".to_vec()))
+        .oneshot(post(
+            "toll-transactions",
+            Some(TOKEN),
+            &[],
+            [vec![b'a'; 99], b"\n".to_vec()].concat(),
+        ))
         .await
         .expect("response");
     assert_eq!(response.status().as_u16(), 429);

@@ -108,7 +108,6 @@ impl WalError {
 }
 
 /// One batch to make durable.
-#[derive(Debug)]
 pub struct AppendRequest {
     /// The sender's source name (agent id + file identity).
     pub source: String,
@@ -118,6 +117,9 @@ pub struct AppendRequest {
     pub data: Bytes,
     /// Number of lines in `data`.
     pub records: u32,
+    /// Whatever accounts for `data`'s memory (ingest's share of its budget); dropped only
+    /// once the writer is done with the request, even if the requester has gone.
+    pub lease: Option<Box<dyn std::any::Any + Send>>,
 }
 
 /// What the WAL did with a batch.
@@ -319,6 +321,11 @@ impl Wal {
     /// Bytes the segments take on disk.
     pub fn disk_bytes(&self) -> u64 {
         self.usage.bytes()
+    }
+
+    /// The live count of bytes on disk, for holders that must not keep the writer alive.
+    pub fn disk_usage(&self) -> Arc<DiskUsage> {
+        self.usage.clone()
     }
 }
 

@@ -22,6 +22,7 @@ fn batch(source: &str, start: u64, lines: &[&str]) -> AppendRequest {
     let data: String = lines.iter().map(|l| format!("{l}\n")).collect();
     let end = start + data.len() as u64;
     AppendRequest {
+        lease: None,
         source: source.into(),
         range: Some((start, end)),
         data: Bytes::from(data),
@@ -157,6 +158,7 @@ async fn a_multiline_record_sent_in_parts_then_whole_is_completed_not_refused() 
     wal.append(batch("m/1", 0, &["a"])).await.expect("a");
     // ...then, after a restart, read again whole: "a" + its continuation "b" + "c".
     let whole = AppendRequest {
+        lease: None,
         source: "m/1".into(),
         range: Some((0, 6)),
         data: Bytes::from_static(b"a\x1eb\nc\n"),

@@ -24,6 +24,10 @@ const INNER_BREAK: u8 = 0x1e;
 /// Most requests one fsync covers; bounds the latency of the first request in a group.
 const MAX_GROUP: usize = 512;
 
+/// The group buffer's usual size, and the size past which it is given back after use.
+const INITIAL_BUFFER: usize = 4 << 20;
+const MAX_IDLE_BUFFER: usize = 16 << 20;
+
 /// The state recovery found on disk.
 pub struct Recovered {
     pub segments: Vec<Segment>,
@@ -189,7 +193,7 @@ impl Writer {
             closed_bytes,
             usage,
             clock,
-            buf: BytesMut::with_capacity(4 << 20),
+            buf: BytesMut::with_capacity(INITIAL_BUFFER),
             poisoned: None,
         };
         writer.publish_usage();
@@ -241,12 +245,22 @@ impl Writer {
             if !group.is_empty() {
                 self.commit(&mut group);
             }
+            // Passed segments go first: that frees space even when a roll-over cannot
+            // create its new segment on a full disk. Checked every round, not only when
+            // woken for it, so a lost wake-up cannot leave the WAL full for good.
+            if (compact || self.has_consumed_segments())
+                && let Err(error) = self.delete_consumed()
+            {
+                warn!(%error, "Deleting consumed WAL segments failed; will try again.");
+            }
             if self.file_len >= self.segment_bytes
                 && let Err(error) = self.roll_over()
             {
                 warn!(%error, "WAL segment roll-over failed; continuing in the current segment.");
-            } else if compact && let Err(error) = self.delete_consumed() {
-                warn!(%error, "Deleting consumed WAL segments failed; will try again.");
+            }
+            if self.buf.capacity() > MAX_IDLE_BUFFER {
+                // One large group should not pin its size for the life of the process.
+                self.buf = BytesMut::with_capacity(INITIAL_BUFFER);
             }
             self.publish_usage();
         }
@@ -255,6 +269,11 @@ impl Writer {
 
     /// Writes a group with one fsync and answers every request in it.
     fn commit(&mut self, group: &mut Vec<(AppendRequest, Reply)>) {
+        if self.poisoned.is_some() && self.file.set_len(self.file_len).is_ok() {
+            // The cut that failed has now succeeded: the segment ends where it should.
+            info!(dir = %self.dir.display(), "WAL cut back after an earlier failure; accepting writes again.");
+            self.poisoned = None;
+        }
         if let Some(reason) = &self.poisoned {
             for (_, reply) in group.drain(..) {
                 let source = std::io::Error::other(format!(
@@ -317,7 +336,7 @@ impl Writer {
                 metrics::counter!("tollstream_collector_wal_write_errors_total").increment(1);
                 if let Err(cut) = self.file.set_len(self.file_len) {
                     // Appending after bytes of unknown state would bury them mid-segment.
-                    tracing::error!(error = %cut, "Could not cut the WAL back after a failed write; refusing writes until restart (recovery cuts the torn tail).");
+                    tracing::error!(error = %cut, "Could not cut the WAL back after a failed write; refusing writes until the cut succeeds (tried again with every batch; a restart's recovery also cuts the torn tail).");
                     self.poisoned = Some(cut.to_string());
                 }
                 for (source, previous) in undo.into_iter().rev() {
@@ -488,6 +507,13 @@ impl Writer {
         self.closed_bytes += self.file_len;
         self.file_len = 0;
         self.delete_consumed()
+    }
+
+    /// Whether some segment before the active one has been passed by every consumer.
+    fn has_consumed_segments(&self) -> bool {
+        self.segments
+            .get(1)
+            .is_some_and(|next| next.first_seq - 1 <= self.consumers.min())
     }
 
     fn delete_consumed(&mut self) -> Result<(), WalError> {

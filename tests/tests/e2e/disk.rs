@@ -150,7 +150,13 @@ fn a_full_disk_refuses_batches_with_503_and_everything_loads_once_space_returns(
             _ => false,
         },
     )?;
-    assert!(disk_full_refusals(&pipeline) > before, "{body}");
+    // The agent's next retry (after Retry-After) is refused for the same reason.
+    wait_for(
+        "a batch refused for the reserve",
+        Duration::from_secs(60),
+        || disk_full_refusals(&pipeline) > before,
+    )
+    .with_context(|| body.clone())?;
     assert!(
         fs.free()? > 2 << 20,
         "the reserve held: {} bytes free",
