@@ -349,6 +349,11 @@ impl Config {
                     "streams.{name}: a stream name is 1-64 characters of a-z, 0-9, '-' or '_'"
                 )));
             }
+            if name == crate::archive::ERRORS_DIR {
+                return Err(invalid(format!(
+                    "streams.{name}: the name {name:?} is reserved (the archive keeps rejected lines under archive/{name}/); choose another stream name"
+                )));
+            }
             if !valid_identifier(&stream.table) {
                 return Err(invalid(format!(
                     "streams.{name}.table: {:?} is not a plain SQL identifier (a-z, 0-9, _)",

@@ -41,8 +41,12 @@ enum Command {
     Run,
     /// Validate the configuration, print the effective config, and exit.
     CheckConfig,
-    /// Print, per stream, the WAL, archive and warehouse positions and the freshness.
-    Status,
+    /// Print, per stream, the WAL, buffer, archive and warehouse positions and the freshness.
+    Status {
+        /// Print JSON (for scripts) instead of text.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -66,7 +70,11 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-        Command::Status => match tollstream_collector::status::report(&config, &SystemClock) {
+        Command::Status { json } => match if json {
+            tollstream_collector::status::report_json(&config, &SystemClock)
+        } else {
+            tollstream_collector::status::report(&config, &SystemClock)
+        } {
             Ok(text) => {
                 print!("{text}");
                 ExitCode::SUCCESS

@@ -83,7 +83,11 @@ fn describe() {
     );
     describe_counter!(
         "tollstream_collector_rejected_records_total",
-        "Lines that did not parse, stored in rejected_records."
+        "Lines that did not parse, stored in rejected_records and in the archive's errors/ objects."
+    );
+    describe_counter!(
+        "tollstream_collector_rejected_objects_total",
+        "Errors objects (archive errors/<stream>/...) written by loads that committed: one per archive object with rejected lines."
     );
     describe_counter!(
         "tollstream_collector_load_errors_total",

@@ -2,13 +2,19 @@
 //! manifest row.
 //!
 //! Input: [`ArchiveObject`]s from the buffer, plus on start every object the manifest does
-//! not hold yet. Output: rows in the stream's table, rejected lines in `rejected_records`,
+//! not hold yet. Output: rows in the stream's table, rejected lines in `rejected_records`
+//! and in the object's errors object in the archive (`errors/…`, see [`crate::archive`]),
 //! one row per object in `loads`.
 //!
 //! Exactly once: the manifest row (unique per stream and first sequence) commits in the
 //! same transaction as the rows, so an object is either fully loaded and recorded or not at
 //! all; loading it again finds the manifest row and does nothing. Inside the table, the
 //! stream's natural key catches duplicates that arrived without a byte range.
+//!
+//! The errors object is written (durably) before the transaction commits, so a load the
+//! manifest records always has it; a load that fails after writing it leaves it behind, and
+//! the retry rewrites it with the same name and content. Failing to write it fails the load,
+//! which is retried like any other failure.
 //!
 //! A failing warehouse (locked, full, down) is retried with backoff, never skipped: the
 //! objects wait in the archive.
@@ -25,7 +31,7 @@ use tracing::{debug, info, warn};
 
 pub use sqlite::SqliteWarehouse;
 
-use crate::archive::{Archive, ArchiveObject, IndexEntry};
+use crate::archive::{Archive, ArchiveObject, IndexEntry, RejectedLine};
 use crate::schema::Schema;
 
 /// Why a load failed.
@@ -63,6 +69,8 @@ pub struct LoadJob<'a> {
     pub index: Vec<IndexEntry>,
     /// The object's lines.
     pub data: Vec<u8>,
+    /// Where the object's rejected lines are written before the load commits.
+    pub archive: &'a Archive,
 }
 
 /// One line of a [`LoadJob`] with where it came from.
@@ -113,6 +121,28 @@ impl LoadJob<'_> {
         }
         Ok(())
     }
+
+    /// Writes the object's rejected lines (if any) to its errors object in the archive.
+    /// Backends call this after the rows are written and before the commit.
+    ///
+    /// # Errors
+    /// I/O errors; the backend must then not commit.
+    pub fn write_rejected(
+        &self,
+        rejected: &[RejectedLine],
+    ) -> Result<Option<PathBuf>, WarehouseError> {
+        if rejected.is_empty() {
+            return Ok(None);
+        }
+        let first_received_at_us = self.index.first().map_or(0, |e| e.received_at_us);
+        let object = self.archive.write_rejected(
+            self.stream,
+            (self.first_seq, self.last_seq),
+            first_received_at_us,
+            rejected,
+        )?;
+        Ok(Some(object.path))
+    }
 }
 
 /// What a load did.
@@ -126,6 +156,8 @@ pub struct LoadOutcome {
     pub duplicates: u64,
     /// Lines rejected.
     pub rejected: u64,
+    /// The errors object holding the rejected lines, when there were any.
+    pub errors_object: Option<PathBuf>,
 }
 
 /// A warehouse backend. Calls run on a blocking thread.
@@ -142,10 +174,12 @@ pub trait Warehouse: Send + 'static {
     /// Database errors.
     fn last_loaded(&mut self, stream: &str) -> Result<u64, WarehouseError>;
 
-    /// Loads one object atomically with its manifest row.
+    /// Loads one object atomically with its manifest row, writing its rejected lines with
+    /// [`LoadJob::write_rejected`] before committing.
     ///
     /// # Errors
-    /// Database errors; nothing of the object is visible then.
+    /// Database errors, or the errors object could not be written; nothing of the object
+    /// is visible in the warehouse then.
     fn load(&mut self, job: &LoadJob<'_>) -> Result<LoadOutcome, WarehouseError>;
 }
 
@@ -249,6 +283,7 @@ impl<W: Warehouse> Loader<W> {
             .to_string_lossy()
             .into_owned();
         let (path, first_seq, last_seq) = (object.path.clone(), object.first_seq, object.last_seq);
+        let archive = self.archive.clone();
         let outcome = self
             .blocking(move |w, stream, (table, schema)| {
                 let (index, data) = Archive::read(&path)?;
@@ -261,6 +296,7 @@ impl<W: Warehouse> Loader<W> {
                     last_seq,
                     index,
                     data,
+                    archive: &archive,
                 })
             })
             .await?;
@@ -296,6 +332,10 @@ fn record_load(stream: &str, outcome: &LoadOutcome, took: Duration) {
     metrics::counter!("tollstream_collector_rejected_records_total", "stream" => stream.clone())
         .increment(outcome.rejected);
     metrics::counter!("tollstream_collector_duplicate_records_total", "stream" => stream.clone(), "stage" => "warehouse").increment(outcome.duplicates);
+    if outcome.errors_object.is_some() {
+        metrics::counter!("tollstream_collector_rejected_objects_total", "stream" => stream.clone())
+            .increment(1);
+    }
     metrics::counter!("tollstream_collector_loads_total", "stream" => stream).increment(1);
 }
 
@@ -305,4 +345,79 @@ fn record_load(stream: &str, outcome: &LoadOutcome, took: Duration) {
 /// Database errors opening or preparing it.
 pub fn open_sqlite(path: &Path) -> Result<SqliteWarehouse, WarehouseError> {
     SqliteWarehouse::open(path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wal::WalRecord;
+
+    #[tokio::test]
+    async fn a_load_whose_errors_object_cannot_be_written_is_retried_until_it_can() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = dir.path().join("archive");
+        let archive = Archive::new(&root);
+        let data = "2026-11-25T14:03:27.512-03:00,0b9a3c4e-6f1d-4e8a-9a51-2d7c1e5f3a10,PLZ-017,3,C0001234,TX-0088231,2,12.50\nnot a toll line\n";
+        let record = WalRecord {
+            seq: 1,
+            received_at_us: 1_764_090_000_000_000,
+            source: "booth/a".into(),
+            range: Some((0, data.len() as u64)),
+            records: 2,
+            data: data.as_bytes().to_vec().into(),
+        };
+        archive.write("s", &[record]).expect("written");
+        let blocker = root.join(crate::archive::ERRORS_DIR);
+        std::fs::write(&blocker, b"in the way").expect("block the errors tree");
+        let mut warehouse = SqliteWarehouse::open(&dir.path().join("w.db")).expect("open");
+        warehouse.prepare("t", &Schema::toll()).expect("prepare");
+        let warehouse = Arc::new(Mutex::new(warehouse));
+        let (objects_tx, objects) = mpsc::channel(1);
+        drop(objects_tx); // The object is found by the catch-up at start.
+        let loader = Loader {
+            stream: "s".into(),
+            table: "t".into(),
+            schema: Arc::new(Schema::toll()),
+            archive_root: root.clone(),
+            archive: archive.clone(),
+            warehouse: warehouse.clone(),
+            objects,
+        };
+        let running = tokio::spawn(loader.run());
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        assert!(!running.is_finished(), "still retrying, not skipping");
+        assert_eq!(
+            warehouse
+                .lock()
+                .expect("lock")
+                .last_loaded("s")
+                .expect("manifest"),
+            0
+        );
+        std::fs::remove_file(&blocker).expect("unblock");
+        tokio::time::timeout(Duration::from_secs(10), running)
+            .await
+            .expect("loaded after the retry")
+            .expect("task")
+            .expect("loader");
+        assert_eq!(
+            warehouse
+                .lock()
+                .expect("lock")
+                .last_loaded("s")
+                .expect("manifest"),
+            1
+        );
+        let mut errors = Vec::new();
+        archive
+            .errors_newest_first("s", |o| {
+                errors.push(o);
+                true
+            })
+            .expect("listed");
+        assert_eq!(errors.len(), 1);
+        let lines = Archive::read_rejected(&errors[0].path).expect("read");
+        assert_eq!(lines.len(), 1);
+        assert_eq!(lines[0].line.as_deref(), Some("not a toll line"));
+    }
 }

@@ -8,6 +8,7 @@ use std::path::Path;
 use rusqlite::{Connection, OptionalExtension, params};
 
 use super::{LoadJob, LoadOutcome, Warehouse, WarehouseError};
+use crate::archive::RejectedLine;
 use crate::schema::{ColumnType, Schema, Value, format_timestamp};
 
 /// A SQLite warehouse.
@@ -184,6 +185,7 @@ impl Warehouse for SqliteWarehouse {
         .map_err(sql("write manifest"))?;
         let load_id = tx.last_insert_rowid();
         let mut outcome = LoadOutcome::default();
+        let mut rejected = Vec::new();
         {
             let mut insert = tx
                 .prepare_cached(&insert_sql(job.table, job.schema))
@@ -227,6 +229,13 @@ impl Warehouse for SqliteWarehouse {
                             ])
                             .map_err(sql("insert rejected record"))?;
                         outcome.rejected += 1;
+                        rejected.push(RejectedLine::new(
+                            line.source,
+                            line.offset,
+                            received_at,
+                            reason,
+                            line.line,
+                        ));
                     }
                 }
                 Ok::<(), WarehouseError>(())
@@ -242,6 +251,8 @@ impl Warehouse for SqliteWarehouse {
             ],
         )
         .map_err(sql("update manifest"))?;
+        // Durable before the commit: a recorded load always has its errors object.
+        outcome.errors_object = job.write_rejected(&rejected)?;
         tx.commit().map_err(sql("commit"))?;
         Ok(outcome)
     }
@@ -262,6 +273,165 @@ fn bind(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::archive::Archive;
+    use crate::wal::WalRecord;
+
+    fn good(n: u32) -> String {
+        format!(
+            "2026-11-25T14:03:27.512-03:00,0b9a3c4e-6f1d-4e8a-9a51-{n:012},PLZ-017,3,C0001234,TX-0088231,2,12.50\n"
+        )
+    }
+
+    /// An archive with one object of two WAL records: good and bad lines mixed.
+    fn archive_with_bad_lines(root: &Path) -> (Archive, crate::archive::ArchiveObject) {
+        let archive = Archive::new(root);
+        let first = [good(1), "not a toll line\n".into(), good(2)].concat();
+        let second = [b"\xff,bad\r\n".to_vec(), good(3).into_bytes()].concat();
+        let records = [
+            WalRecord {
+                seq: 7,
+                received_at_us: 1_764_090_000_000_000,
+                source: "booth/a".into(),
+                range: Some((1000, 1000 + first.len() as u64)),
+                records: 3,
+                data: first.into_bytes().into(),
+            },
+            WalRecord {
+                seq: 8,
+                received_at_us: 1_764_090_001_000_000,
+                source: "-".into(),
+                range: None,
+                records: 2,
+                data: second.into(),
+            },
+        ];
+        let object = archive.write("s", &records).expect("written");
+        (archive, object)
+    }
+
+    fn load(
+        warehouse: &mut SqliteWarehouse,
+        archive: &Archive,
+        object: &crate::archive::ArchiveObject,
+    ) -> Result<LoadOutcome, WarehouseError> {
+        let (index, data) = Archive::read(&object.path)?;
+        warehouse.load(&LoadJob {
+            stream: "s",
+            table: "t",
+            schema: &Schema::toll(),
+            object: "s/x.gz".into(),
+            first_seq: object.first_seq,
+            last_seq: object.last_seq,
+            index,
+            data,
+            archive,
+        })
+    }
+
+    #[test]
+    fn rejected_lines_are_in_the_table_and_in_the_errors_object_of_the_load() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (archive, object) = archive_with_bad_lines(&dir.path().join("archive"));
+        let mut warehouse = SqliteWarehouse::open(&dir.path().join("w.db")).expect("open");
+        warehouse.prepare("t", &Schema::toll()).expect("prepare");
+        let outcome = load(&mut warehouse, &archive, &object).expect("loaded");
+        assert_eq!((outcome.inserted, outcome.rejected), (3, 2));
+        let errors = outcome.errors_object.expect("an errors object");
+        assert!(
+            errors
+                .ends_with("errors/s/2025/11/25/17/s-00000000000000000007-00000000000000000008.gz"),
+            "{errors:?}"
+        );
+        let lines = Archive::read_rejected(&errors).expect("readable");
+        // The errors object says exactly what the table says, line for line.
+        let table: Vec<RejectedLine> = warehouse
+            .conn
+            .prepare("SELECT source, source_offset, received_at, reason, line FROM rejected_records ORDER BY id")
+            .expect("prepare")
+            .query_map([], |r| {
+                let offset: Option<i64> = r.get(1)?;
+                let line: Vec<u8> = r.get(4)?;
+                Ok(RejectedLine::new(
+                    &r.get::<_, String>(0)?,
+                    offset.map(|o| o as u64),
+                    &r.get::<_, String>(2)?,
+                    r.get(3)?,
+                    &line,
+                ))
+            })
+            .expect("query")
+            .collect::<Result<_, _>>()
+            .expect("rows");
+        assert_eq!(lines, table);
+        assert_eq!(lines.len(), 2);
+        let offset_of_bad = 1000 + good(1).len() as u64;
+        assert_eq!(lines[0].source_offset, Some(offset_of_bad));
+        assert_eq!(lines[0].line.as_deref(), Some("not a toll line"));
+        assert!(
+            lines[0].reason.contains("comma-separated"),
+            "{:?}",
+            lines[0]
+        );
+        assert_eq!(lines[1].source_offset, None);
+        assert_eq!(lines[1].line, None, "not UTF-8");
+        assert_eq!(lines[1].line_base64.as_deref(), Some("/yxiYWQN")); // ff ",bad\r"
+        assert!(lines[1].reason.contains("UTF-8"), "{:?}", lines[1]);
+        // Loading it again changes nothing.
+        let again = load(&mut warehouse, &archive, &object).expect("no-op");
+        assert!(again.already_loaded);
+    }
+
+    #[test]
+    fn an_errors_object_that_cannot_be_written_fails_the_load_which_leaves_nothing_behind() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = dir.path().join("archive");
+        let (archive, object) = archive_with_bad_lines(&root);
+        let mut warehouse = SqliteWarehouse::open(&dir.path().join("w.db")).expect("open");
+        warehouse.prepare("t", &Schema::toll()).expect("prepare");
+        // A file where the errors tree should be: every write under it fails.
+        std::fs::write(root.join(crate::archive::ERRORS_DIR), b"in the way").expect("block");
+        let error = load(&mut warehouse, &archive, &object).expect_err("the load fails");
+        assert!(error.to_string().contains("errors"), "{error}");
+        let count = |w: &SqliteWarehouse, sql: &str| -> i64 {
+            w.conn.query_row(sql, [], |r| r.get(0)).expect("count")
+        };
+        assert_eq!(
+            count(&warehouse, "SELECT COUNT(*) FROM loads"),
+            0,
+            "not recorded"
+        );
+        assert_eq!(count(&warehouse, "SELECT COUNT(*) FROM t"), 0);
+        assert_eq!(
+            count(&warehouse, "SELECT COUNT(*) FROM rejected_records"),
+            0
+        );
+        // Once the archive can be written again, the retry loads it, errors object and all.
+        std::fs::remove_file(root.join(crate::archive::ERRORS_DIR)).expect("unblock");
+        let outcome = load(&mut warehouse, &archive, &object).expect("retried");
+        assert_eq!((outcome.inserted, outcome.rejected), (3, 2));
+        assert!(outcome.errors_object.expect("written").exists());
+        assert_eq!(count(&warehouse, "SELECT COUNT(*) FROM loads"), 1);
+    }
+
+    #[test]
+    fn an_object_without_rejected_lines_has_no_errors_object() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let archive = Archive::new(&dir.path().join("archive"));
+        let record = WalRecord {
+            seq: 1,
+            received_at_us: 1_764_090_000_000_000,
+            source: "booth/a".into(),
+            range: Some((0, good(1).len() as u64)),
+            records: 1,
+            data: good(1).into_bytes().into(),
+        };
+        let object = archive.write("s", &[record]).expect("written");
+        let mut warehouse = SqliteWarehouse::open(&dir.path().join("w.db")).expect("open");
+        warehouse.prepare("t", &Schema::toll()).expect("prepare");
+        let outcome = load(&mut warehouse, &archive, &object).expect("loaded");
+        assert_eq!((outcome.inserted, outcome.errors_object), (1, None));
+        assert!(!dir.path().join("archive").join("errors").exists());
+    }
 
     #[test]
     fn a_manifest_from_an_earlier_version_is_upgraded_on_open() {

@@ -133,22 +133,114 @@ fn status_commands_report_where_each_file_and_stage_stands() -> anyhow::Result<(
     .map_err(|e| e.context(agent_status.clone()))?;
     assert_eq!(agent_status.matches("booths-").count(), 3, "{agent_status}");
     let collector_status = run("tollstream-collector", "collector.yaml")?;
-    assert!(
-        collector_status.contains(&format!(
-            "{} rows, 3 rejected, 0 duplicate keys",
-            written.valid_lines
-        )),
-        "{collector_status}"
-    );
-    assert!(
-        collector_status.contains("(0 behind the WAL)"),
-        "{collector_status}"
-    );
-    assert!(
-        collector_status.contains("freshness  newest loaded record received"),
-        "{collector_status}"
-    );
+    for expected in [
+        "stream toll-transactions → table toll_transactions".to_string(),
+        "buffer     0 records (0 lines, 0 bytes) in the WAL not yet archived".into(),
+        "backlog    0 archive objects not yet loaded".into(),
+        format!(", {} rows, 0 duplicate keys", written.valid_lines),
+        "rejected   3 lines in ".into(),
+        "freshness  newest loaded record received ".into(),
+    ] {
+        assert!(
+            collector_status.contains(&expected),
+            "{expected:?} in\n{collector_status}"
+        );
+    }
+    let numbers = |json: &serde_json::Value| -> anyhow::Result<()> {
+        let stream = &json["streams"][0];
+        let text = stream.to_string();
+        let at = |path: &[&str]| -> u64 {
+            path.iter()
+                .fold(stream, |v, key| &v[*key])
+                .as_u64()
+                .unwrap_or(u64::MAX)
+        };
+        anyhow::ensure!(
+            at(&["warehouse", "rows"]) == written.valid_lines,
+            "rows: {text}"
+        );
+        anyhow::ensure!(at(&["warehouse", "duplicates"]) == 0, "duplicates: {text}");
+        anyhow::ensure!(at(&["rejected", "lines"]) == 3, "rejected: {text}");
+        let loads_with_rejects = at(&["rejected", "loads"]);
+        anyhow::ensure!(
+            (1..=3).contains(&loads_with_rejects)
+                && at(&["rejected", "errors_objects"]) == loads_with_rejects,
+            "one errors object per load with rejected lines: {text}"
+        );
+        // Everything received is archived and loaded: the stages agree on the last record.
+        let last = at(&["wal", "last_seq"]);
+        anyhow::ensure!(last > 0 && last != u64::MAX, "wal: {text}");
+        anyhow::ensure!(
+            at(&["archive", "archived_through"]) == last,
+            "archive: {text}"
+        );
+        anyhow::ensure!(
+            at(&["archive", "last_object", "last_seq"]) == last,
+            "object: {text}"
+        );
+        anyhow::ensure!(
+            at(&["warehouse", "loaded_through"]) == last,
+            "loaded: {text}"
+        );
+        anyhow::ensure!(
+            at(&["warehouse", "last_load", "last_seq"]) == last,
+            "last load: {text}"
+        );
+        anyhow::ensure!(at(&["archive", "not_loaded"]) == 0, "backlog: {text}");
+        anyhow::ensure!(at(&["buffer", "records"]) == 0, "buffer: {text}");
+        anyhow::ensure!(at(&["wal", "tail_bytes"]) == 0, "tail: {text}");
+        let freshness = stream["warehouse"]["freshness_seconds"].as_f64();
+        anyhow::ensure!(
+            freshness.is_some_and(|age| (0.0..600.0).contains(&age)),
+            "freshness: {text}"
+        );
+        anyhow::ensure!(
+            stream["problems"].as_array().is_some_and(Vec::is_empty),
+            "problems: {text}"
+        );
+        Ok(())
+    };
+    let config = pipeline.dir.path().join("collector.yaml");
+    let json = |command: &str| -> anyhow::Result<serde_json::Value> {
+        let output = std::process::Command::new(tollstream_tests::harness::binary(command)?)
+            .args(["status", "--json", "--config"])
+            .arg(&config)
+            .output()?;
+        anyhow::ensure!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        Ok(serde_json::from_slice(&output.stdout)?)
+    };
+    numbers(&json("tollstream-collector")?)?;
     pipeline.stop()?;
+    // With the collector stopped: the same numbers, and nothing created or changed.
+    let data = pipeline.dir.path().join("collector-data");
+    let listing = || -> anyhow::Result<Vec<(String, u64)>> {
+        let mut files = Vec::new();
+        let mut stack = vec![data.clone()];
+        while let Some(dir) = stack.pop() {
+            for entry in std::fs::read_dir(&dir)? {
+                let entry = entry?;
+                let meta = entry.metadata()?;
+                if meta.is_dir() {
+                    stack.push(entry.path());
+                } else {
+                    files.push((entry.path().display().to_string(), meta.len()));
+                }
+            }
+        }
+        files.sort();
+        Ok(files)
+    };
+    let before = listing()?;
+    numbers(&json("tollstream-collector")?)?;
+    assert_eq!(
+        listing()?,
+        before,
+        "status changed nothing in the data directory"
+    );
     Ok(())
 }
 

@@ -315,9 +315,43 @@ pub fn mib(bytes: u64) -> f64 {
     bytes as f64 / f64::from(1u32 << 20)
 }
 
-/// Lines in every archive object (errors/ included) under `root`.
+/// Lines in every archive object under `root`; the errors objects under `root/errors` are
+/// left out (their lines are copies of lines in the objects).
 pub fn archive_lines(root: &Path) -> anyhow::Result<u64> {
     let mut total = 0;
+    for path in gz_files(root)? {
+        if !path.starts_with(root.join("errors")) {
+            total += gunzip(&path)?.iter().filter(|&&b| b == b'\n').count() as u64;
+        }
+    }
+    Ok(total)
+}
+
+/// The errors objects under `root/errors`, sorted by name: each one's path relative to
+/// `root/errors` (which is the name of the archive object its lines came from) and its
+/// JSON documents, one per rejected line.
+pub fn errors_objects(root: &Path) -> anyhow::Result<Vec<(String, Vec<serde_json::Value>)>> {
+    let errors = root.join("errors");
+    let mut objects = Vec::new();
+    if !errors.exists() {
+        return Ok(objects);
+    }
+    for path in gz_files(&errors)? {
+        let name = path.strip_prefix(&errors)?.to_string_lossy().into_owned();
+        let documents = gunzip(&path)?
+            .split(|&b| b == b'\n')
+            .filter(|line| !line.is_empty())
+            .map(serde_json::from_slice)
+            .collect::<Result<_, _>>()?;
+        objects.push((name, documents));
+    }
+    objects.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok(objects)
+}
+
+/// The `.gz` files under `root`, recursively.
+fn gz_files(root: &Path) -> anyhow::Result<Vec<PathBuf>> {
+    let mut files = Vec::new();
     let mut stack = vec![root.to_path_buf()];
     while let Some(dir) = stack.pop() {
         for entry in std::fs::read_dir(&dir)? {
@@ -325,13 +359,39 @@ pub fn archive_lines(root: &Path) -> anyhow::Result<u64> {
             if path.is_dir() {
                 stack.push(path);
             } else if path.extension().is_some_and(|e| e == "gz") {
-                let mut data = Vec::new();
-                flate2::read::GzDecoder::new(std::fs::File::open(&path)?).read_to_end(&mut data)?;
-                total += data.iter().filter(|&&b| b == b'\n').count() as u64;
+                files.push(path);
             }
         }
     }
-    Ok(total)
+    Ok(files)
+}
+
+fn gunzip(path: &Path) -> anyhow::Result<Vec<u8>> {
+    let mut data = Vec::new();
+    flate2::read::GzDecoder::new(std::fs::File::open(path)?).read_to_end(&mut data)?;
+    Ok(data)
+}
+
+/// Decodes standard base64 with padding (what errors objects use for lines that are not
+/// UTF-8).
+pub fn base64_decode(text: &str) -> anyhow::Result<Vec<u8>> {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let digits = text.trim_end_matches('=').as_bytes();
+    let mut out = Vec::with_capacity(digits.len() * 3 / 4);
+    let (mut bits, mut n) = (0u32, 0);
+    for &c in digits {
+        let value = ALPHABET
+            .iter()
+            .position(|&a| a == c)
+            .ok_or_else(|| anyhow::anyhow!("{c:?} is not a base64 digit in {text:?}"))?;
+        bits = bits << 6 | value as u32;
+        n += 6;
+        if n >= 8 {
+            n -= 8;
+            out.push((bits >> n) as u8);
+        }
+    }
+    Ok(out)
 }
 
 /// A valid toll line with a transaction id derived from `n`.

@@ -2,7 +2,7 @@
 //! exactly once, through restarts and crashes of either daemon, and bad lines are kept with
 //! a reason instead of being lost.
 
-use crate::fixture::{EXIT_TIMEOUT, Pipeline};
+use crate::fixture::{EXIT_TIMEOUT, Pipeline, base64_decode, errors_objects};
 
 const LINES: u64 = 200_000;
 
@@ -115,6 +115,80 @@ fn malformed_lines_are_rejected_with_a_reason_and_every_valid_line_loads() -> an
     assert_eq!(
         with_offsets, 100,
         "each rejected line says where in its file it was"
+    );
+    assert_errors_objects_match_the_rejected_records(&pipeline)
+}
+
+/// The archive's `errors/` objects hold exactly the rejected lines, with their reasons: one
+/// object per loaded object that had any, named like it, with the lines the manifest counts.
+fn assert_errors_objects_match_the_rejected_records(pipeline: &Pipeline) -> anyhow::Result<()> {
+    type Rejected = (String, Option<i64>, String, String, Vec<u8>);
+    let archive = pipeline.dir.path().join("collector-data").join("archive");
+    let objects = errors_objects(&archive)?;
+    let db = rusqlite::Connection::open_with_flags(
+        pipeline.warehouse_path(),
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+    )?;
+    let loads_with_rejects: Vec<(String, i64)> = db
+        .prepare("SELECT object, rejected FROM loads WHERE rejected > 0 ORDER BY object")?
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<Result<_, _>>()?;
+    let per_object: Vec<(String, i64)> = objects
+        .iter()
+        .map(|(name, documents)| (name.clone(), documents.len() as i64))
+        .collect();
+    assert_eq!(
+        per_object, loads_with_rejects,
+        "one errors object per load with rejected lines, named like its object"
+    );
+    for (name, _) in &objects {
+        assert!(
+            archive.join(name).is_file(),
+            "{name} names an archive object"
+        );
+    }
+    let mut table: Vec<Rejected> = db
+        .prepare("SELECT source, source_offset, received_at, reason, line FROM rejected_records")?
+        .query_map([], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+        })?
+        .collect::<Result<_, _>>()?;
+    let mut in_objects = Vec::new();
+    let mut not_utf8 = 0;
+    for document in objects.iter().flat_map(|(_, documents)| documents) {
+        let text = |key: &str| -> anyhow::Result<String> {
+            Ok(document[key]
+                .as_str()
+                .ok_or_else(|| anyhow::anyhow!("no {key} in {document}"))?
+                .to_owned())
+        };
+        let line = match document.get("line") {
+            Some(line) => line.as_str().unwrap_or_default().as_bytes().to_vec(),
+            None => {
+                not_utf8 += 1;
+                base64_decode(&text("line_base64")?)?
+            }
+        };
+        in_objects.push((
+            text("source")?,
+            document["source_offset"].as_i64(),
+            text("received_at")?,
+            text("reason")?,
+            line,
+        ));
+    }
+    table.sort();
+    in_objects.sort();
+    assert_eq!(table.len(), 100);
+    assert!(
+        in_objects == table,
+        "the errors objects hold exactly the rejected records; first of each: {:?} / {:?}",
+        in_objects.first(),
+        table.first()
+    );
+    assert_eq!(
+        not_utf8, 25,
+        "the lines that are not UTF-8 are kept in base64"
     );
     Ok(())
 }
