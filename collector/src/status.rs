@@ -760,6 +760,7 @@ mod tests {
             sizes.push(text.len() as u64);
             let start = u64::from(n) * 1_000_000;
             wal.append(AppendRequest {
+                lease: None,
                 source: format!("booth/{n}"),
                 range: Some((start, start + text.len() as u64)),
                 data: text.into_bytes().into(),
