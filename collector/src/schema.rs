@@ -118,6 +118,10 @@ fn parse_value(raw: &str, ty: &ColumnType) -> Result<Value, String> {
     };
     match ty {
         ColumnType::Text if raw.is_empty() => Err("is empty".into()),
+        // PostgreSQL text cannot hold NUL; both backends refuse it alike.
+        ColumnType::Text if raw.contains('\0') => {
+            Err(format!("{} contains a NUL character", shown()))
+        }
         ColumnType::Text => Ok(Value::Text(raw.to_owned())),
         ColumnType::Uuid => uuid::Uuid::try_parse(raw)
             .map(|u| Value::Text(u.hyphenated().to_string()))
@@ -213,6 +217,8 @@ mod tests {
             "{}",
             reason(&bad_amount)
         );
+        let with_nul = String::from_utf8_lossy(GOOD).replace("PLZ-017", "PLZ\0-17");
+        assert!(reason(with_nul.as_bytes()).starts_with("booth_id: \"PLZ\\0-17\" contains a NUL"));
         let mut invalid = GOOD.to_vec();
         invalid[60] = 0xff;
         assert!(reason(&invalid).contains("UTF-8"));
