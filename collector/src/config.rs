@@ -92,16 +92,95 @@ pub struct AuthConfig {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct WarehouseConfig {
-    /// `sqlite://PATH` (PATH relative to `data_dir`).
+    /// `sqlite://PATH` (PATH relative to `data_dir`), or
+    /// `postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE[?param=value…]` (also
+    /// `postgresql://`). Printed and logged with the password masked.
+    #[serde(serialize_with = "serialize_masked_url")]
     pub url: String,
+    /// PostgreSQL: a file whose first line is the password (relative to the config file).
+    /// Without it and without a password in the URL, `PGPASSWORD` is used when set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password_file: Option<PathBuf>,
 }
 
 impl Default for WarehouseConfig {
     fn default() -> Self {
         Self {
             url: "sqlite://warehouse.db".into(),
+            password_file: None,
         }
     }
+}
+
+fn serialize_masked_url<S: Serializer>(url: &str, ser: S) -> Result<S::Ok, S::Error> {
+    ser.serialize_str(&mask_url(url))
+}
+
+/// Where the warehouse is, resolved from `warehouse.url`.
+#[derive(Clone)]
+pub enum WarehouseTarget {
+    /// A SQLite database file.
+    Sqlite(PathBuf),
+    /// A PostgreSQL server.
+    Postgres(Box<PostgresTarget>),
+}
+
+/// A PostgreSQL server and how to log in; `Debug` leaves the password out.
+#[derive(Clone)]
+pub struct PostgresTarget {
+    /// Connection settings, password included.
+    pub config: tokio_postgres::Config,
+    /// The URL with its password masked, for messages.
+    pub shown: String,
+}
+
+impl std::fmt::Debug for WarehouseTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.describe())
+    }
+}
+
+impl WarehouseTarget {
+    /// The file, or the URL with its password masked: safe to print and log.
+    pub fn describe(&self) -> String {
+        match self {
+            Self::Sqlite(path) => path.display().to_string(),
+            Self::Postgres(pg) => pg.shown.clone(),
+        }
+    }
+}
+
+/// `url` with the password (after `user:` in the authority, or a `password=` parameter)
+/// replaced by `***`.
+pub fn mask_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let (authority, path) = rest.split_at(authority_end);
+    let authority = match authority.rsplit_once('@') {
+        Some((userinfo, hosts)) => match userinfo.split_once(':') {
+            Some((user, _)) => format!("{user}:***@{hosts}"),
+            None => authority.to_owned(),
+        },
+        None => authority.to_owned(),
+    };
+    let path = match path.split_once('?') {
+        Some((path, query)) => {
+            let params: Vec<String> = query
+                .split('&')
+                .map(|param| match param.split_once('=') {
+                    Some((key, _)) if key.eq_ignore_ascii_case("password") => {
+                        format!("{key}=***")
+                    }
+                    _ => param.to_owned(),
+                })
+                .collect();
+            format!("{path}?{}", params.join("&"))
+        }
+        None => path.to_owned(),
+    };
+    format!("{scheme}://{authority}{path}")
 }
 
 /// Limits and timeouts of the ingest API: what one request, one connection and all of them
@@ -289,6 +368,9 @@ impl Config {
         let base = base.as_path();
         config.data_dir = resolve(base, &config.data_dir);
         config.auth.agent_tokens_file = resolve(base, &config.auth.agent_tokens_file);
+        if let Some(file) = &mut config.warehouse.password_file {
+            *file = resolve(base, file);
+        }
         if let Some(tls) = &mut config.ingest.tls {
             tls.cert_file = resolve(base, &tls.cert_file);
             tls.key_file = resolve(base, &tls.key_file);
@@ -443,22 +525,91 @@ impl Config {
                 self.timezone
             )));
         }
-        self.warehouse_path().map_err(invalid)?;
+        self.warehouse_target().map_err(invalid)?;
         Ok(())
     }
 
-    /// The SQLite database file named by `warehouse.url`, resolved against `data_dir`.
+    /// The warehouse named by `warehouse.url`: a SQLite file (resolved against `data_dir`)
+    /// or a PostgreSQL server with its password (from the URL, `warehouse.password_file`
+    /// or `PGPASSWORD`).
     ///
     /// # Errors
-    /// A message when the URL is not `sqlite://PATH`.
-    pub fn warehouse_path(&self) -> Result<PathBuf, String> {
-        match self.warehouse.url.strip_prefix("sqlite://") {
-            Some(rest) if !rest.is_empty() => Ok(resolve(&self.data_dir, Path::new(rest))),
-            _ => Err(format!(
-                "warehouse.url: {:?} is not supported; use sqlite://PATH (PostgreSQL comes later)",
-                self.warehouse.url
-            )),
+    /// A message naming the key when the URL or the password file is unusable; it never
+    /// contains the password.
+    pub fn warehouse_target(&self) -> Result<WarehouseTarget, String> {
+        let url = &self.warehouse.url;
+        let shown = mask_url(url);
+        if let Some(rest) = url.strip_prefix("sqlite://") {
+            if rest.is_empty() {
+                return Err(
+                    "warehouse.url: sqlite:// needs a file, e.g. sqlite://warehouse.db".into(),
+                );
+            }
+            if self.warehouse.password_file.is_some() {
+                return Err(
+                    "warehouse.password_file: only a PostgreSQL warehouse has a password".into(),
+                );
+            }
+            return Ok(WarehouseTarget::Sqlite(resolve(
+                &self.data_dir,
+                Path::new(rest),
+            )));
         }
+        if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+            return Err(format!(
+                "warehouse.url: {shown:?} is not supported; use sqlite://PATH or \
+                 postgres://USER@HOST:PORT/DATABASE"
+            ));
+        }
+        let mut config: tokio_postgres::Config =
+            url.parse().map_err(|e: tokio_postgres::Error| {
+                let cause = std::error::Error::source(&e)
+                    .map(|c| format!(": {c}"))
+                    .unwrap_or_default();
+                format!("warehouse.url: {shown:?} is not a PostgreSQL URL{cause}")
+            })?;
+        if config.get_user().is_none() {
+            return Err(format!(
+                "warehouse.url: {shown:?} names no user; write postgres://USER@HOST/DATABASE"
+            ));
+        }
+        if config.get_ssl_mode() == tokio_postgres::config::SslMode::Require {
+            return Err(format!(
+                "warehouse.url: {shown:?} asks for TLS (sslmode=require), which this version \
+                 cannot do yet; use sslmode=disable or prefer (the default) on a trusted network"
+            ));
+        }
+        if let Some(file) = &self.warehouse.password_file {
+            if config.get_password().is_some() {
+                return Err(
+                    "warehouse.password_file: the URL has a password too; keep it in one place \
+                     (preferably the file)"
+                        .into(),
+                );
+            }
+            let text = std::fs::read_to_string(file).map_err(|e| {
+                format!(
+                    "warehouse.password_file: cannot read {}: {e}",
+                    file.display()
+                )
+            })?;
+            let password = text.lines().next().unwrap_or_default();
+            if password.is_empty() {
+                return Err(format!(
+                    "warehouse.password_file: {} is empty; its first line is the password",
+                    file.display()
+                ));
+            }
+            config.password(password);
+        } else if config.get_password().is_none()
+            && let Some(password) = std::env::var_os("PGPASSWORD")
+        {
+            config.password(password.as_encoded_bytes());
+        }
+        Ok(WarehouseTarget::Postgres(Box::new(PostgresTarget {
+            config,
+            shown,
+        })))
     }
 }
 
@@ -563,6 +714,83 @@ mod tests {
             config.streams["s"].buffer.max_age,
             Duration::from_millis(1500)
         );
+    }
+
+    #[test]
+    fn a_postgres_url_is_accepted_and_printed_without_its_password() {
+        let text =
+            format!("{MINIMAL}warehouse:\n  url: postgres://loader:s3cr%40t@db.example:5433/dw\n");
+        let config = Config::parse(&text, Path::new("c.yaml")).expect("parses");
+        let WarehouseTarget::Postgres(pg) = config.warehouse_target().expect("valid") else {
+            panic!("postgres")
+        };
+        assert_eq!(pg.config.get_password(), Some(&b"s3cr@t"[..]));
+        assert_eq!(pg.config.get_user(), Some("loader"));
+        assert_eq!(pg.config.get_ports(), [5433]);
+        assert_eq!(pg.shown, "postgres://loader:***@db.example:5433/dw");
+        let yaml = config.to_yaml().expect("yaml");
+        assert!(!yaml.contains("s3cr"), "{yaml}");
+        assert!(
+            yaml.contains("postgres://loader:***@db.example:5433/dw"),
+            "{yaml}"
+        );
+        assert!(!format!("{:?}", config.warehouse_target()).contains("s3cr"));
+    }
+
+    #[test]
+    fn passwords_are_masked_wherever_a_url_carries_them() {
+        for (url, shown) in [
+            ("postgresql://u:p@h/db", "postgresql://u:***@h/db"),
+            (
+                "postgres://u@h:5432/db?password=p&sslmode=disable",
+                "postgres://u@h:5432/db?password=***&sslmode=disable",
+            ),
+            ("postgres://u:p@h", "postgres://u:***@h"),
+            ("postgres://u:p:q@h1,h2/db", "postgres://u:***@h1,h2/db"),
+            ("sqlite://warehouse.db", "sqlite://warehouse.db"),
+        ] {
+            assert_eq!(mask_url(url), shown);
+        }
+    }
+
+    #[test]
+    fn the_password_comes_from_the_file_relative_to_the_config() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(dir.path().join("pg.pass"), "from-the-file\n").expect("write");
+        std::fs::write(dir.path().join("t"), "token\n").expect("write");
+        let yaml = format!(
+            "{MINIMAL}warehouse:\n  url: postgres://loader@127.0.0.1/dw\n  password_file: pg.pass\n"
+        );
+        let path = dir.path().join("c.yaml");
+        std::fs::write(&path, &yaml).expect("write");
+        let config = Config::load(&path).expect("valid");
+        let WarehouseTarget::Postgres(pg) = config.warehouse_target().expect("target") else {
+            panic!("postgres")
+        };
+        assert_eq!(pg.config.get_password(), Some(&b"from-the-file"[..]));
+        // A password in two places, a missing file, TLS and unknown schemes are refused.
+        for (warehouse, expected) in [
+            (
+                "url: postgres://loader:x@h/dw\n  password_file: pg.pass",
+                "in one place",
+            ),
+            (
+                "url: postgres://loader@h/dw\n  password_file: nope",
+                "cannot read",
+            ),
+            ("url: postgres://loader@h/dw?sslmode=require", "TLS"),
+            ("url: postgres://h/dw", "no user"),
+            ("url: mysql://u:hunter2@h/dw", "not supported"),
+            (
+                "url: sqlite://w.db\n  password_file: pg.pass",
+                "only a PostgreSQL",
+            ),
+        ] {
+            std::fs::write(&path, format!("{MINIMAL}warehouse:\n  {warehouse}\n")).expect("write");
+            let error = Config::load(&path).expect_err(warehouse).to_string();
+            assert!(error.contains(expected), "{warehouse}: {error}");
+            assert!(!error.contains("hunter2"), "{error}");
+        }
     }
 
     #[test]

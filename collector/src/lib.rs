@@ -44,7 +44,7 @@ use crate::ingest::server::{ServerOptions, TlsFiles};
 use crate::ingest::{BatchLimits, BodyLimits, Budget, IngestState, TokenStore};
 use crate::schema::Schema;
 use crate::wal::{Wal, WalOptions};
-use crate::warehouse::{Loader, SqliteWarehouse, Warehouse};
+use crate::warehouse::Loader;
 
 /// Sockets the collector serves on, bound by the caller (tests bind port 0).
 pub struct Listeners {
@@ -59,7 +59,8 @@ pub struct Listeners {
 /// Each notification of `reload` (SIGHUP) reads the agent tokens and TLS files again.
 ///
 /// # Errors
-/// Start-up failures (unreadable state, corrupt WAL, warehouse unavailable at open).
+/// Start-up failures (unreadable state, corrupt WAL, a SQLite warehouse that cannot be
+/// opened; a PostgreSQL server that is down is retried by the loaders instead).
 pub async fn run(
     config: Config,
     listeners: Listeners,
@@ -79,13 +80,13 @@ pub async fn run(
         None => None,
     };
     let disk = DiskGuard::new(data_dir, config.disk.min_free_bytes);
-    let warehouse_path = config.warehouse_path().map_err(anyhow::Error::msg)?;
-    let mut warehouse = SqliteWarehouse::open(&warehouse_path)
-        .with_context(|| format!("opening warehouse {}", warehouse_path.display()))?;
+    let target = config.warehouse_target().map_err(anyhow::Error::msg)?;
+    // Tables are created by each stream's loader, which retries until the warehouse is
+    // reachable: a PostgreSQL server that is down does not stop the collector from starting
+    // and accepting data (objects wait in the archive).
+    let warehouse = warehouse::open(&target)
+        .with_context(|| format!("opening warehouse {}", target.describe()))?;
     let schema = Arc::new(Schema::toll());
-    for stream in config.streams.values() {
-        warehouse.prepare(&stream.table, &schema)?;
-    }
     let warehouse = Arc::new(Mutex::new(warehouse));
     let archive_root = data_dir.join("archive");
     let archive = Archive::new(&archive_root);
@@ -211,7 +212,7 @@ pub async fn run(
         info!(%addr, "Serving /metrics.");
     }
     let scheme = if tls.is_some() { "https" } else { "http" };
-    info!(addr = %ingest_addr, scheme, data_dir = %data_dir.display(), warehouse = %warehouse_path.display(), "Collector ready.");
+    info!(addr = %ingest_addr, scheme, data_dir = %data_dir.display(), warehouse = %target.describe(), "Collector ready.");
     ingest::server::serve(listeners.ingest, app, options, tls, shutdown.clone()).await;
     side.cancel();
     // The server (and with it every WAL handle) is gone: the writers drain and stop, which

@@ -37,7 +37,7 @@ use serde::Serialize;
 
 use crate::archive::{Archive, ArchiveObject, ERRORS_DIR};
 use crate::clock::Clock;
-use crate::config::Config;
+use crate::config::{Config, PostgresTarget, WarehouseTarget};
 use crate::schema::format_timestamp;
 use crate::wal::{WalError, segment};
 
@@ -48,8 +48,8 @@ pub struct Report {
     pub listen: String,
     /// The data directory.
     pub data_dir: PathBuf,
-    /// The warehouse file.
-    pub warehouse: PathBuf,
+    /// The warehouse file, or its PostgreSQL URL with the password masked.
+    pub warehouse: String,
     /// When the report was taken (UTC).
     pub at: String,
     /// One entry per configured stream, in name order.
@@ -69,7 +69,7 @@ pub struct StreamReport {
     pub buffer: BufferReport,
     /// The archive.
     pub archive: ArchiveReport,
-    /// The warehouse; `null` when its file does not exist yet.
+    /// The warehouse; `null` when its file does not exist yet or it cannot be reached.
     pub warehouse: Option<WarehouseReport>,
     /// Rejected lines.
     pub rejected: RejectedReport,
@@ -213,14 +213,15 @@ pub fn report_json(config: &Config, clock: &dyn Clock) -> anyhow::Result<String>
 /// When the warehouse exists but cannot be opened.
 pub fn collect(config: &Config, clock: &dyn Clock) -> anyhow::Result<Report> {
     let now = clock.now();
-    let warehouse_path = config.warehouse_path().map_err(anyhow::Error::msg)?;
-    let db = if warehouse_path.exists() {
-        let db = open_read_only(&warehouse_path)
-            .with_context(|| format!("opening {}", warehouse_path.display()))?;
-        db.busy_timeout(std::time::Duration::from_secs(5))?;
-        Some(db)
-    } else {
-        None
+    let target = config.warehouse_target().map_err(anyhow::Error::msg)?;
+    let db = match &target {
+        WarehouseTarget::Sqlite(path) if path.exists() => {
+            let db = open_read_only(path).with_context(|| format!("opening {}", path.display()))?;
+            db.busy_timeout(std::time::Duration::from_secs(5))?;
+            Some(Manifest::Sqlite(db))
+        }
+        WarehouseTarget::Sqlite(_) => None,
+        WarehouseTarget::Postgres(pg) => Some(Manifest::connect_postgres(pg)),
     };
     let archive_root = config.data_dir.join("archive");
     let streams = config
@@ -244,7 +245,7 @@ pub fn collect(config: &Config, clock: &dyn Clock) -> anyhow::Result<Report> {
     Ok(Report {
         listen: config.listen.to_string(),
         data_dir: config.data_dir.clone(),
-        warehouse: warehouse_path,
+        warehouse: target.describe(),
         at: format_timestamp(now),
         streams,
     })
@@ -282,7 +283,7 @@ fn stream_report(
     report: &mut StreamReport,
     config: &Config,
     archive_root: &Path,
-    db: Option<&rusqlite::Connection>,
+    db: Option<&Manifest>,
     now: Timestamp,
 ) {
     let name = report.stream.clone();
@@ -427,37 +428,104 @@ fn wal_report(
     Ok(())
 }
 
-fn warehouse_report(
-    db: &rusqlite::Connection,
-    stream: &str,
-    now: Timestamp,
-) -> rusqlite::Result<(WarehouseReport, RejectedReport)> {
+/// Where `status` reads the load manifest from.
+enum Manifest {
+    Sqlite(rusqlite::Connection),
+    Postgres {
+        runtime: tokio::runtime::Runtime,
+        client: tokio_postgres::Client,
+    },
+    /// The server could not be reached: why.
+    Unreachable(String),
+}
+
+/// One stream's manifest, summed.
+struct ManifestSums {
+    loads: i64,
+    rows: i64,
+    rejected: i64,
+    duplicates: i64,
+    loaded_through: i64,
+    /// Loads with rejected lines.
+    rejecting: i64,
+    /// The newest load and the receive time of its newest record.
+    last: Option<(LoadReport, Option<String>)>,
+}
+
+/// Formats a `timestamptz` as the SQLite warehouse stores times.
+const PG_TIME: &str = r#"'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"'"#;
+
+impl Manifest {
+    /// Connects within a few seconds, on a runtime of its own (`status` runs outside the
+    /// collector).
+    fn connect_postgres(target: &PostgresTarget) -> Self {
+        let mut config = target.config.clone();
+        config.connect_timeout(std::time::Duration::from_secs(5));
+        config.application_name("tollstream-collector status");
+        let runtime = match tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        {
+            Ok(runtime) => runtime,
+            Err(e) => return Self::Unreachable(format!("cannot start a runtime: {e}")),
+        };
+        match runtime.block_on(config.connect(tokio_postgres::NoTls)) {
+            Ok((client, connection)) => {
+                // Driven whenever the runtime runs a query (a current-thread runtime).
+                runtime.spawn(connection);
+                Self::Postgres { runtime, client }
+            }
+            Err(e) => Self::Unreachable(format!(
+                "cannot connect to {}: {}",
+                target.shown,
+                crate::warehouse::pg_error_message(&e)
+            )),
+        }
+    }
+
+    /// The stream's manifest summed; `None` when there is no manifest table yet.
+    fn sums(&self, stream: &str) -> Result<Option<ManifestSums>, String> {
+        match self {
+            Self::Sqlite(db) => sqlite_sums(db, stream).map_err(|e| e.to_string()),
+            Self::Postgres { runtime, client } => runtime
+                .block_on(postgres_sums(client, stream))
+                .map_err(|e| crate::warehouse::pg_error_message(&e)),
+            Self::Unreachable(why) => Err(why.clone()),
+        }
+    }
+}
+
+fn count(v: i64) -> u64 {
+    u64::try_from(v).unwrap_or(0)
+}
+
+fn sqlite_sums(db: &rusqlite::Connection, stream: &str) -> rusqlite::Result<Option<ManifestSums>> {
     let manifest_exists: bool = db.query_row(
         "SELECT COUNT(*) > 0 FROM sqlite_master WHERE type = 'table' AND name = 'loads'",
         [],
         |r| r.get(0),
     )?;
     if !manifest_exists {
-        return Ok((WarehouseReport::default(), RejectedReport::default()));
+        return Ok(None);
     }
-    let count = |v: i64| u64::try_from(v).unwrap_or(0);
-    let (loads, rows, rejected, duplicates, loaded_through, rejecting) = db.query_row(
+    let mut sums = db.query_row(
         "SELECT COUNT(*), COALESCE(SUM(inserted), 0), COALESCE(SUM(rejected), 0), \
          COALESCE(SUM(duplicates), 0), COALESCE(MAX(last_seq), 0), \
          COALESCE(SUM(rejected > 0), 0) FROM loads WHERE stream = ?1",
         [stream],
         |r| {
-            Ok((
-                r.get::<_, i64>(0)?,
-                r.get::<_, i64>(1)?,
-                r.get::<_, i64>(2)?,
-                r.get::<_, i64>(3)?,
-                r.get::<_, i64>(4)?,
-                r.get::<_, i64>(5)?,
-            ))
+            Ok(ManifestSums {
+                loads: r.get(0)?,
+                rows: r.get(1)?,
+                rejected: r.get(2)?,
+                duplicates: r.get(3)?,
+                loaded_through: r.get(4)?,
+                rejecting: r.get(5)?,
+                last: None,
+            })
         },
     )?;
-    let last: Option<(LoadReport, Option<String>)> = db
+    sums.last = db
         .query_row(
             "SELECT object, first_seq, last_seq, inserted, rejected, duplicates, loaded_at, \
              newest_received_at FROM loads WHERE stream = ?1 ORDER BY last_seq DESC LIMIT 1",
@@ -476,7 +544,73 @@ fn warehouse_report(
             },
         )
         .optional()?;
-    let (last_load, newest) = last.unzip();
+    Ok(Some(sums))
+}
+
+async fn postgres_sums(
+    client: &tokio_postgres::Client,
+    stream: &str,
+) -> Result<Option<ManifestSums>, tokio_postgres::Error> {
+    let exists: bool = client
+        .query_one("SELECT to_regclass('loads') IS NOT NULL", &[])
+        .await?
+        .get(0);
+    if !exists {
+        return Ok(None);
+    }
+    let r = client
+        .query_one(
+            "SELECT COUNT(*), COALESCE(SUM(inserted), 0)::bigint, \
+             COALESCE(SUM(rejected), 0)::bigint, COALESCE(SUM(duplicates), 0)::bigint, \
+             COALESCE(MAX(last_seq), 0), COUNT(*) FILTER (WHERE rejected > 0) \
+             FROM loads WHERE stream = $1",
+            &[&stream],
+        )
+        .await?;
+    let mut sums = ManifestSums {
+        loads: r.get(0),
+        rows: r.get(1),
+        rejected: r.get(2),
+        duplicates: r.get(3),
+        loaded_through: r.get(4),
+        rejecting: r.get(5),
+        last: None,
+    };
+    let last = client
+        .query_opt(
+            &format!(
+                "SELECT object, first_seq, last_seq, inserted, rejected, duplicates, \
+                 to_char(loaded_at AT TIME ZONE 'UTC', {PG_TIME}), \
+                 to_char(newest_received_at AT TIME ZONE 'UTC', {PG_TIME}) \
+                 FROM loads WHERE stream = $1 ORDER BY last_seq DESC LIMIT 1"
+            ),
+            &[&stream],
+        )
+        .await?;
+    sums.last = last.map(|r| {
+        let load = LoadReport {
+            object: r.get(0),
+            first_seq: count(r.get(1)),
+            last_seq: count(r.get(2)),
+            rows: count(r.get(3)),
+            rejected: count(r.get(4)),
+            duplicates: count(r.get(5)),
+            loaded_at: r.get(6),
+        };
+        (load, r.get(7))
+    });
+    Ok(Some(sums))
+}
+
+fn warehouse_report(
+    db: &Manifest,
+    stream: &str,
+    now: Timestamp,
+) -> Result<(WarehouseReport, RejectedReport), String> {
+    let Some(sums) = db.sums(stream)? else {
+        return Ok((WarehouseReport::default(), RejectedReport::default()));
+    };
+    let (last_load, newest) = sums.last.unzip();
     let newest = newest.flatten();
     let freshness = newest
         .as_deref()
@@ -484,17 +618,17 @@ fn warehouse_report(
         .map(|t| age_seconds(now, t));
     Ok((
         WarehouseReport {
-            loads: count(loads),
-            rows: count(rows),
-            duplicates: count(duplicates),
-            loaded_through: count(loaded_through),
+            loads: count(sums.loads),
+            rows: count(sums.rows),
+            duplicates: count(sums.duplicates),
+            loaded_through: count(sums.loaded_through),
             last_load,
             newest_received_at: newest,
             freshness_seconds: freshness,
         },
         RejectedReport {
-            lines: count(rejected),
-            loads: count(rejecting),
+            lines: count(sums.rejected),
+            loads: count(sums.rejecting),
             ..RejectedReport::default()
         },
     ))
@@ -542,7 +676,7 @@ pub fn render(report: &Report) -> String {
         "collector on {}; data in {}; warehouse {}; at {}",
         report.listen,
         report.data_dir.display(),
-        report.warehouse.display(),
+        report.warehouse,
         report.at
     );
     for stream in &report.streams {
@@ -642,6 +776,9 @@ fn render_stream(out: &mut String, s: &StreamReport) {
                 plural(w.rows, "row"),
                 w.duplicates
             );
+        }
+        None if s.problems.iter().any(|p| p.starts_with("warehouse:")) => {
+            let _ = writeln!(out, "  warehouse  cannot be read (see the problem below)");
         }
         None => {
             let _ = writeln!(out, "  warehouse  not created yet");

@@ -19,9 +19,10 @@
 //! A failing warehouse (locked, full, down) is retried with backoff, never skipped: the
 //! objects wait in the archive.
 
+mod postgres;
 mod sqlite;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -29,6 +30,7 @@ use jiff::Timestamp;
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
+pub use postgres::PostgresWarehouse;
 pub use sqlite::SqliteWarehouse;
 
 use crate::archive::{Archive, ArchiveObject, IndexEntry, RejectedLine};
@@ -46,9 +48,42 @@ pub enum WarehouseError {
         #[source]
         source: rusqlite::Error,
     },
+    /// PostgreSQL refused or failed, or could not be reached.
+    #[error("warehouse {action}: {}", pg_error_message(.error))]
+    Postgres {
+        /// What was being done.
+        action: &'static str,
+        /// The error.
+        error: tokio_postgres::Error,
+    },
+    /// A value the warehouse cannot hold.
+    #[error("warehouse: {0}")]
+    Invalid(String),
     /// The object could not be read.
     #[error(transparent)]
     Archive(#[from] crate::archive::ArchiveError),
+}
+
+/// A tokio-postgres error with its cause (the server's message, or the I/O error), which
+/// its own `Display` leaves out.
+pub fn pg_error_message(error: &tokio_postgres::Error) -> String {
+    use std::error::Error as _;
+    match (error.as_db_error(), error.source()) {
+        (Some(db), _) => {
+            let mut text = format!(
+                "{}: {} (SQLSTATE {})",
+                db.severity(),
+                db.message(),
+                db.code().code()
+            );
+            if let Some(detail) = db.detail() {
+                text.push_str(&format!("; {detail}"));
+            }
+            text
+        }
+        (None, Some(cause)) => format!("{error}: {cause}"),
+        (None, None) => error.to_string(),
+    }
 }
 
 /// One object to load.
@@ -99,27 +134,30 @@ impl LoadJob<'_> {
         &self,
         mut visit: impl FnMut(SourceLine<'_>) -> Result<(), E>,
     ) -> Result<(), E> {
-        let mut at = 0usize;
-        for entry in &self.index {
-            let end = at + entry.bytes as usize;
-            let chunk = &self.data[at..end];
-            // Formatted once per WAL record, not once per line.
-            let received_at = crate::schema::format_timestamp(
-                Timestamp::from_microsecond(entry.received_at_us).unwrap_or(Timestamp::UNIX_EPOCH),
-            );
-            let mut line_start = 0usize;
-            for nl in memchr::memchr_iter(b'\n', chunk) {
-                visit(SourceLine {
-                    source: &entry.source,
-                    offset: entry.start.map(|s| s + line_start as u64),
-                    received_at: &received_at,
-                    line: &chunk[line_start..nl],
-                })?;
-                line_start = nl + 1;
-            }
-            at = end;
+        for record in self.records() {
+            record.try_for_each_line(&mut visit)?;
         }
         Ok(())
+    }
+
+    /// The object's WAL records in order, each with its lines.
+    pub fn records(&self) -> impl Iterator<Item = RecordLines<'_>> {
+        let mut at = 0usize;
+        self.index.iter().map(move |entry| {
+            let end = at + entry.bytes as usize;
+            let data = &self.data[at..end];
+            at = end;
+            RecordLines {
+                source: &entry.source,
+                start: entry.start,
+                // Formatted once per WAL record, not once per line.
+                received_at: crate::schema::format_timestamp(
+                    Timestamp::from_microsecond(entry.received_at_us)
+                        .unwrap_or(Timestamp::UNIX_EPOCH),
+                ),
+                data,
+            }
+        })
     }
 
     /// Writes the object's rejected lines (if any) to its errors object in the archive.
@@ -142,6 +180,49 @@ impl LoadJob<'_> {
             rejected,
         )?;
         Ok(Some(object.path))
+    }
+}
+
+/// The lines of one WAL record in a [`LoadJob`].
+pub struct RecordLines<'a> {
+    /// Source name.
+    pub source: &'a str,
+    /// Byte offset of the first line in the source, when known.
+    pub start: Option<u64>,
+    /// When the collector accepted it, formatted as the warehouse stores times.
+    pub received_at: String,
+    /// The lines, each ending in `\n`.
+    pub data: &'a [u8],
+}
+
+impl RecordLines<'_> {
+    /// Calls `visit` for every line in order.
+    pub fn for_each_line(&self, mut visit: impl FnMut(SourceLine<'_>)) {
+        let _ = self.try_for_each_line(|line| {
+            visit(line);
+            Ok::<(), ()>(())
+        });
+    }
+
+    /// Calls `visit` for every line in order, stopping at its first error.
+    ///
+    /// # Errors
+    /// The first error `visit` returns.
+    pub fn try_for_each_line<E>(
+        &self,
+        mut visit: impl FnMut(SourceLine<'_>) -> Result<(), E>,
+    ) -> Result<(), E> {
+        let mut line_start = 0usize;
+        for nl in memchr::memchr_iter(b'\n', self.data) {
+            visit(SourceLine {
+                source: self.source,
+                offset: self.start.map(|s| s + line_start as u64),
+                received_at: &self.received_at,
+                line: &self.data[line_start..nl],
+            })?;
+            line_start = nl + 1;
+        }
+        Ok(())
     }
 }
 
@@ -181,6 +262,20 @@ pub trait Warehouse: Send + 'static {
     /// Database errors, or the errors object could not be written; nothing of the object
     /// is visible in the warehouse then.
     fn load(&mut self, job: &LoadJob<'_>) -> Result<LoadOutcome, WarehouseError>;
+}
+
+impl<W: Warehouse + ?Sized> Warehouse for Box<W> {
+    fn prepare(&mut self, table: &str, schema: &Schema) -> Result<(), WarehouseError> {
+        (**self).prepare(table, schema)
+    }
+
+    fn last_loaded(&mut self, stream: &str) -> Result<u64, WarehouseError> {
+        (**self).last_loaded(stream)
+    }
+
+    fn load(&mut self, job: &LoadJob<'_>) -> Result<LoadOutcome, WarehouseError> {
+        (**self).load(job)
+    }
 }
 
 /// Loads one stream's archive objects.
@@ -226,13 +321,19 @@ impl<W: Warehouse> Loader<W> {
         Ok(())
     }
 
-    /// The manifest's position and the archive objects after it, retried until both can
-    /// be read (a locked database, a directory removed while listing).
+    /// Creates the stream's tables if missing, then reads the manifest's position and
+    /// lists the archive objects after it; retried until all of it works (a warehouse that
+    /// is down or locked, a directory removed while listing).
     async fn catch_up_list(&self) -> (u64, Vec<ArchiveObject>) {
         let mut delay = RETRY_MIN;
         loop {
             let attempt = async {
-                let loaded = self.blocking(|w, stream, _| w.last_loaded(stream)).await?;
+                let loaded = self
+                    .blocking(|w, stream, (table, schema)| {
+                        w.prepare(table, schema)?;
+                        w.last_loaded(stream)
+                    })
+                    .await?;
                 let (archive, stream) = (self.archive.clone(), self.stream.clone());
                 let backlog =
                     tokio::task::spawn_blocking(move || archive.list_after(&stream, loaded))
@@ -242,7 +343,7 @@ impl<W: Warehouse> Loader<W> {
             match attempt.await {
                 Ok(found) => return found,
                 Err(error) => {
-                    warn!(stream = %self.stream, error = format!("{error:#}"), retry_in = ?delay, "Cannot read the load manifest or list the archive; will retry.");
+                    warn!(stream = %self.stream, error = format!("{error:#}"), retry_in = ?delay, "Cannot prepare the warehouse, read its load manifest or list the archive; will retry.");
                     metrics::counter!("tollstream_collector_load_errors_total", "stream" => self.stream.clone()).increment(1);
                     tokio::time::sleep(delay).await;
                     delay = (delay * 2).min(RETRY_MAX);
@@ -339,12 +440,20 @@ fn record_load(stream: &str, outcome: &LoadOutcome, took: Duration) {
     metrics::counter!("tollstream_collector_loads_total", "stream" => stream).increment(1);
 }
 
-/// Opens the backend named by the warehouse URL.
+/// Opens the backend named by the warehouse URL: a SQLite file now; PostgreSQL on first
+/// use (so a server that is down does not stop the collector from starting). Must be
+/// called inside the collector's runtime, which runs PostgreSQL's connection task.
 ///
 /// # Errors
-/// Database errors opening or preparing it.
-pub fn open_sqlite(path: &Path) -> Result<SqliteWarehouse, WarehouseError> {
-    SqliteWarehouse::open(path)
+/// A SQLite file that cannot be opened.
+pub fn open(target: &crate::config::WarehouseTarget) -> Result<Box<dyn Warehouse>, WarehouseError> {
+    Ok(match target {
+        crate::config::WarehouseTarget::Sqlite(path) => Box::new(SqliteWarehouse::open(path)?),
+        crate::config::WarehouseTarget::Postgres(pg) => Box::new(PostgresWarehouse::new(
+            pg.config.clone(),
+            tokio::runtime::Handle::current(),
+        )),
+    })
 }
 
 #[cfg(test)]
