@@ -314,6 +314,8 @@ pub struct CollectorSetup {
     pub data_dir: Option<PathBuf>,
     /// More top-level YAML (e.g. `ingest:` or `disk:` sections), appended as is.
     pub extra: String,
+    /// `warehouse.url`; `None`: `sqlite://warehouse.db`.
+    pub warehouse_url: Option<String>,
 }
 
 impl Default for CollectorSetup {
@@ -325,6 +327,7 @@ impl Default for CollectorSetup {
             buffer_max_age: "1s",
             data_dir: None,
             extra: String::new(),
+            warehouse_url: None,
         }
     }
 }
@@ -409,9 +412,16 @@ pub fn write_collector_config(dir: &Path, setup: &CollectorSetup) -> anyhow::Res
         .map_or_else(|| "collector-data".to_string(), |d| d.display().to_string());
     let text = format!(
         "listen: 127.0.0.1:{}\n{metrics}data_dir: {data_dir}\nauth:\n  agent_tokens_file: agent-tokens\n\
-         warehouse:\n  url: sqlite://warehouse.db\nstreams:\n  toll-transactions:\n    table: toll_transactions\n\
+         warehouse:\n  url: {:?}\nstreams:\n  toll-transactions:\n    table: toll_transactions\n\
          \x20   buffer: {{ max_bytes: {}, max_age: {} }}\n{}",
-        setup.port, setup.buffer_max_bytes, setup.buffer_max_age, setup.extra
+        setup.port,
+        setup
+            .warehouse_url
+            .as_deref()
+            .unwrap_or("sqlite://warehouse.db"),
+        setup.buffer_max_bytes,
+        setup.buffer_max_age,
+        setup.extra
     );
     let path = dir.join("collector.yaml");
     std::fs::write(&path, text)?;
@@ -468,9 +478,16 @@ pub fn write_agent_config(dir: &Path, setup: &AgentSetup) -> anyhow::Result<Path
     Ok(path)
 }
 
-/// Read-only queries on the SQLite warehouse.
+/// Read-only queries on the warehouse, SQLite or PostgreSQL, with the same SQL: on
+/// PostgreSQL each result column is cast to the type asked for (so `SUM` of a `bigint`,
+/// which is `numeric` there, reads as an integer).
 pub struct WarehouseView {
-    conn: rusqlite::Connection,
+    conn: Conn,
+}
+
+enum Conn {
+    Sqlite(rusqlite::Connection),
+    Postgres(std::sync::Mutex<postgres::Client>),
 }
 
 impl WarehouseView {
@@ -483,7 +500,41 @@ impl WarehouseView {
             rusqlite::Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
                 .with_context(|| format!("opening {}", path.display()))?;
         conn.busy_timeout(Duration::from_secs(5))?;
-        Ok(Self { conn })
+        Ok(Self {
+            conn: Conn::Sqlite(conn),
+        })
+    }
+
+    /// Connects to a PostgreSQL warehouse (not from inside an async runtime).
+    ///
+    /// # Errors
+    /// When it cannot be reached.
+    pub fn postgres(url: &str) -> anyhow::Result<Self> {
+        let client = postgres::Client::connect(url, postgres::NoTls)
+            .with_context(|| format!("connecting to {url}"))?;
+        Ok(Self {
+            conn: Conn::Postgres(std::sync::Mutex::new(client)),
+        })
+    }
+
+    /// On PostgreSQL: the rows of `sql` with each column cast to the given type.
+    fn pg_rows(&self, sql: &str, types: &[&str]) -> anyhow::Result<Option<Vec<postgres::Row>>> {
+        let Conn::Postgres(client) = &self.conn else {
+            return Ok(None);
+        };
+        let names: Vec<String> = (0..types.len()).map(|i| format!("c{i}")).collect();
+        let casts: Vec<String> = names
+            .iter()
+            .zip(types)
+            .map(|(name, ty)| format!("{name}::{ty}"))
+            .collect();
+        let wrapped = format!(
+            "SELECT {} FROM ({sql}) AS q({})",
+            casts.join(", "),
+            names.join(", ")
+        );
+        let mut client = client.lock().unwrap_or_else(|p| p.into_inner());
+        Ok(Some(client.query(&wrapped, &[])?))
     }
 
     /// A single integer result.
@@ -491,8 +542,14 @@ impl WarehouseView {
     /// # Errors
     /// SQL errors.
     pub fn count(&self, sql: &str) -> anyhow::Result<i64> {
-        Ok(self
-            .conn
+        if let Some(rows) = self.pg_rows(sql, &["bigint"])? {
+            let row = rows.first().context("no row")?;
+            return Ok(row.get::<_, Option<i64>>(0).unwrap_or(0));
+        }
+        let Conn::Sqlite(conn) = &self.conn else {
+            unreachable!("PostgreSQL answered above")
+        };
+        Ok(conn
             .query_row(sql, [], |r| r.get::<_, Option<i64>>(0))?
             .unwrap_or(0))
     }
@@ -502,7 +559,16 @@ impl WarehouseView {
     /// # Errors
     /// SQL errors.
     pub fn triples(&self, sql: &str) -> anyhow::Result<Vec<(String, i64, i64)>> {
-        let mut stmt = self.conn.prepare(sql)?;
+        if let Some(rows) = self.pg_rows(sql, &["text", "bigint", "bigint"])? {
+            return Ok(rows
+                .iter()
+                .map(|r| (r.get(0), r.get(1), r.get(2)))
+                .collect());
+        }
+        let Conn::Sqlite(conn) = &self.conn else {
+            unreachable!("PostgreSQL answered above")
+        };
+        let mut stmt = conn.prepare(sql)?;
         let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
@@ -512,6 +578,13 @@ impl WarehouseView {
     /// # Errors
     /// SQL errors.
     pub fn pairs(&self, sql: &str) -> anyhow::Result<Vec<(String, String)>> {
+        if let Some(rows) = self.pg_rows(sql, &["text", "text"])? {
+            let text = |r: &postgres::Row, i| r.get::<_, Option<String>>(i).unwrap_or_default();
+            return Ok(rows.iter().map(|r| (text(r, 0), text(r, 1))).collect());
+        }
+        let Conn::Sqlite(conn) = &self.conn else {
+            unreachable!("PostgreSQL answered above")
+        };
         let lossy = |r: &rusqlite::Row<'_>, i: usize| -> rusqlite::Result<String> {
             Ok(match r.get_ref(i)? {
                 rusqlite::types::ValueRef::Text(t) | rusqlite::types::ValueRef::Blob(t) => {
@@ -521,7 +594,7 @@ impl WarehouseView {
                 other => format!("{other:?}"),
             })
         };
-        let mut stmt = self.conn.prepare(sql)?;
+        let mut stmt = conn.prepare(sql)?;
         let rows = stmt.query_map([], |r| Ok((lossy(r, 0)?, lossy(r, 1)?)))?;
         Ok(rows.collect::<Result<_, _>>()?)
     }

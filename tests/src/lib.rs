@@ -1,4 +1,5 @@
 pub mod chaos;
 pub mod harness;
+pub mod postgres;
 pub mod sim;
 pub mod sink;

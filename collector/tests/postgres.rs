@@ -1,0 +1,387 @@
+//! The PostgreSQL warehouse against a real server: a throwaway cluster per test (see
+//! `tollstream_tests::postgres`), or a database on `TOLLSTREAM_TEST_PG_URL`.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tollstream_collector::archive::{Archive, ArchiveObject, ERRORS_DIR};
+use tollstream_collector::schema::Schema;
+use tollstream_collector::wal::WalRecord;
+use tollstream_collector::warehouse::{
+    LoadJob, LoadOutcome, Loader, PostgresWarehouse, Warehouse, WarehouseError,
+};
+use tollstream_tests::postgres::TestPostgres;
+
+/// A valid toll line whose transaction id ends in `n`.
+fn good(n: u32) -> String {
+    format!(
+        "2026-11-25T14:03:27.512-03:00,0b9a3c4e-6f1d-4e8a-9a51-{n:012},PLZ-017,3,C0001234,TX-0088231,2,12.5{}\n",
+        n % 10
+    )
+}
+
+fn record(seq: u64, source: &str, start: Option<u64>, lines: &[u8]) -> WalRecord {
+    WalRecord {
+        seq,
+        received_at_us: 1_764_090_000_000_000 + seq as i64 * 1_000_000,
+        source: source.into(),
+        range: start.map(|s| (s, s + lines.len() as u64)),
+        records: lines.iter().filter(|&&b| b == b'\n').count() as u32,
+        data: lines.to_vec().into(),
+    }
+}
+
+/// Records 7 and 8: three good lines, one line that is not a toll line, one that is not
+/// UTF-8 and has a tab and a backslash (COPY's escapes), and a good line.
+fn object_with_bad_lines(archive: &Archive) -> ArchiveObject {
+    let first = [good(1), "not a toll line\n".into(), good(2)].concat();
+    let second = [b"\xff,b\\a\td\r\n".to_vec(), good(3).into_bytes()].concat();
+    archive
+        .write(
+            "s",
+            &[
+                record(7, "booth/a", Some(1000), first.as_bytes()),
+                record(8, "-", None, &second),
+            ],
+        )
+        .expect("written")
+}
+
+/// The backend and the runtime its connection task runs on.
+struct Setup {
+    _runtime: tokio::runtime::Runtime,
+    warehouse: PostgresWarehouse,
+    dir: tempfile::TempDir,
+    archive: Archive,
+}
+
+fn setup(pg: &TestPostgres) -> Setup {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let config = pg.url().parse().expect("url");
+    let mut warehouse = PostgresWarehouse::new(config, runtime.handle().clone());
+    warehouse.prepare("t", &Schema::toll()).expect("prepare");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let archive = Archive::new(&dir.path().join("archive"));
+    Setup {
+        _runtime: runtime,
+        warehouse,
+        dir,
+        archive,
+    }
+}
+
+fn load(
+    warehouse: &mut PostgresWarehouse,
+    archive: &Archive,
+    object: &ArchiveObject,
+) -> Result<LoadOutcome, WarehouseError> {
+    let (index, data) = Archive::read(&object.path).expect("readable");
+    warehouse.load(&LoadJob {
+        stream: "s",
+        table: "t",
+        schema: &Schema::toll(),
+        object: format!("s/{}-{}.gz", object.first_seq, object.last_seq),
+        first_seq: object.first_seq,
+        last_seq: object.last_seq,
+        index,
+        data,
+        archive,
+    })
+}
+
+fn count(client: &mut postgres::Client, sql: &str) -> i64 {
+    client.query_one(sql, &[]).expect(sql).get(0)
+}
+
+#[test]
+fn an_object_loads_with_typed_rows_rejected_lines_and_its_manifest_row() {
+    let pg = TestPostgres::start().expect("PostgreSQL for the test");
+    let Setup {
+        mut warehouse,
+        archive,
+        _runtime,
+        dir: _dir,
+    } = setup(&pg);
+    let object = object_with_bad_lines(&archive);
+    let outcome = load(&mut warehouse, &archive, &object).expect("loaded");
+    assert_eq!(
+        (
+            outcome.inserted,
+            outcome.duplicates,
+            outcome.rejected,
+            outcome.already_loaded
+        ),
+        (3, 0, 2, false)
+    );
+    let errors = outcome.errors_object.expect("an errors object");
+    assert!(errors.exists());
+    assert_eq!(Archive::read_rejected(&errors).expect("read").len(), 2);
+
+    let mut db = pg.client().expect("client");
+    // Typed columns: timestamptz in UTC, uuid, bigint cents.
+    let row = db
+        .query_one(
+            "SELECT to_char(event_time AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.MS'), \
+             transaction_id::text, pg_typeof(transaction_id)::text, lane, amount_cents, \
+             pg_typeof(amount_cents)::text, source, \
+             to_char(received_at AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS'), load_id \
+             FROM t WHERE transaction_id = '0b9a3c4e-6f1d-4e8a-9a51-000000000001'",
+            &[],
+        )
+        .expect("row");
+    assert_eq!(row.get::<_, String>(0), "2026-11-25 17:03:27.512");
+    assert_eq!(row.get::<_, String>(2), "uuid");
+    assert_eq!(row.get::<_, i64>(3), 3);
+    assert_eq!(row.get::<_, i64>(4), 1251);
+    assert_eq!(row.get::<_, String>(5), "bigint");
+    assert_eq!(row.get::<_, String>(6), "booth/a");
+    assert_eq!(row.get::<_, String>(7), "2025-11-25 17:00:07");
+    let load_id: i64 = row.get(8);
+    // The manifest row, in the same transaction.
+    let manifest = db
+        .query_one(
+            "SELECT load_id, stream, object, first_seq, last_seq, inserted, duplicates, rejected, \
+             newest_received_at = '2025-11-25T17:00:08Z'::timestamptz FROM loads",
+            &[],
+        )
+        .expect("one manifest row");
+    assert_eq!(manifest.get::<_, i64>(0), load_id);
+    assert_eq!(manifest.get::<_, String>(2), "s/7-8.gz");
+    let numbers: Vec<i64> = (3..8).map(|i| manifest.get(i)).collect();
+    assert_eq!(numbers, [7, 8, 3, 0, 2]);
+    assert!(manifest.get::<_, bool>(8), "newest_received_at");
+    // Rejected lines, byte for byte, with source, offset and reason.
+    type Rejected = (String, Option<i64>, String, Vec<u8>, i64);
+    let rejected: Vec<Rejected> = db
+        .query(
+            "SELECT source, source_offset, reason, line, load_id FROM rejected_records ORDER BY id",
+            &[],
+        )
+        .expect("rejected")
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4)))
+        .collect();
+    assert_eq!(rejected.len(), 2);
+    assert_eq!(rejected[0].0, "booth/a");
+    assert_eq!(rejected[0].1, Some(1000 + good(1).len() as i64));
+    assert!(
+        rejected[0].2.contains("comma-separated"),
+        "{:?}",
+        rejected[0]
+    );
+    assert_eq!(rejected[0].3, b"not a toll line");
+    assert_eq!(rejected[1].1, None);
+    assert!(rejected[1].2.contains("UTF-8"), "{:?}", rejected[1]);
+    assert_eq!(rejected[1].3, b"\xff,b\\a\td\r");
+    assert!(rejected.iter().all(|r| r.4 == load_id));
+}
+
+#[test]
+fn loading_an_object_again_changes_nothing() {
+    let pg = TestPostgres::start().expect("PostgreSQL for the test");
+    let mut s = setup(&pg);
+    let object = object_with_bad_lines(&s.archive);
+    load(&mut s.warehouse, &s.archive, &object).expect("loaded");
+    let again = load(&mut s.warehouse, &s.archive, &object).expect("no-op");
+    assert_eq!(
+        again,
+        LoadOutcome {
+            already_loaded: true,
+            ..LoadOutcome::default()
+        }
+    );
+    let mut db = pg.client().expect("client");
+    assert_eq!(count(&mut db, "SELECT COUNT(*) FROM loads"), 1);
+    assert_eq!(count(&mut db, "SELECT COUNT(*) FROM t"), 3);
+    assert_eq!(count(&mut db, "SELECT COUNT(*) FROM rejected_records"), 2);
+    assert_eq!(s.warehouse.last_loaded("s").expect("manifest"), 8);
+    assert_eq!(s.warehouse.last_loaded("other").expect("manifest"), 0);
+    // A second collector (another connection) preparing the same tables is a no-op too.
+    let mut other =
+        PostgresWarehouse::new(pg.url().parse().expect("url"), s._runtime.handle().clone());
+    other.prepare("t", &Schema::toll()).expect("prepared again");
+    assert_eq!(other.last_loaded("s").expect("manifest"), 8);
+    drop(s.dir);
+}
+
+#[test]
+fn keys_already_loaded_are_counted_as_duplicates_and_do_not_abort_the_load() {
+    let pg = TestPostgres::start().expect("PostgreSQL for the test");
+    let mut s = setup(&pg);
+    let first = s
+        .archive
+        .write(
+            "s",
+            &[record(
+                1,
+                "booth/a",
+                Some(0),
+                [good(1), good(2)].concat().as_bytes(),
+            )],
+        )
+        .expect("written");
+    assert_eq!(
+        load(&mut s.warehouse, &s.archive, &first)
+            .expect("loaded")
+            .inserted,
+        2
+    );
+    // Keys 1 and 2 again (sent as a new source), key 3 new but twice in this object.
+    let lines = [good(2), good(3), good(1), good(3)].concat();
+    let second = s
+        .archive
+        .write("s", &[record(2, "booth/b", Some(0), lines.as_bytes())])
+        .expect("written");
+    let outcome = load(&mut s.warehouse, &s.archive, &second).expect("loaded");
+    assert_eq!(
+        (outcome.inserted, outcome.duplicates, outcome.rejected),
+        (1, 3, 0)
+    );
+    let mut db = pg.client().expect("client");
+    assert_eq!(count(&mut db, "SELECT COUNT(*) FROM t"), 3);
+    assert_eq!(
+        count(&mut db, "SELECT COUNT(*) FROM t WHERE source = 'booth/a'"),
+        2,
+        "the rows loaded first stay"
+    );
+    assert_eq!(
+        count(&mut db, "SELECT SUM(duplicates)::bigint FROM loads"),
+        3
+    );
+}
+
+#[test]
+fn a_load_whose_errors_object_cannot_be_written_leaves_nothing_and_succeeds_when_retried() {
+    let pg = TestPostgres::start().expect("PostgreSQL for the test");
+    let mut s = setup(&pg);
+    let object = object_with_bad_lines(&s.archive);
+    let blocker = s.dir.path().join("archive").join(ERRORS_DIR);
+    std::fs::write(&blocker, b"in the way").expect("block the errors tree");
+    let error = load(&mut s.warehouse, &s.archive, &object).expect_err("fails");
+    assert!(error.to_string().contains("errors"), "{error}");
+    let mut db = pg.client().expect("client");
+    for table in ["loads", "t", "rejected_records"] {
+        assert_eq!(
+            count(&mut db, &format!("SELECT COUNT(*) FROM {table}")),
+            0,
+            "nothing in {table}"
+        );
+    }
+    std::fs::remove_file(&blocker).expect("unblock");
+    let outcome = load(&mut s.warehouse, &s.archive, &object).expect("retried");
+    assert_eq!((outcome.inserted, outcome.rejected), (3, 2));
+    assert_eq!(count(&mut db, "SELECT COUNT(*) FROM loads"), 1);
+}
+
+/// Many lines: several COPY chunks, and a figure for the README.
+#[test]
+fn a_large_object_streams_in_chunks_and_loads_every_line() {
+    let pg = TestPostgres::start().expect("PostgreSQL for the test");
+    let mut s = setup(&pg);
+    let lines: String = (0..50_000).map(good).collect();
+    let records: Vec<WalRecord> = lines
+        .as_bytes()
+        .chunks(good(0).len() * 5000)
+        .enumerate()
+        .map(|(i, chunk)| {
+            record(
+                i as u64 + 1,
+                "booth/a",
+                Some((i * chunk.len()) as u64),
+                chunk,
+            )
+        })
+        .collect();
+    let object = s.archive.write("s", &records).expect("written");
+    #[allow(clippy::disallowed_types)] // A figure, not a deadline.
+    let started = std::time::Instant::now();
+    let outcome = load(&mut s.warehouse, &s.archive, &object).expect("loaded");
+    let took = started.elapsed();
+    assert_eq!(outcome.inserted, 50_000);
+    eprintln!(
+        "PostgreSQL: 50000 rows in one object loaded in {took:?} ({:.0} rows/s)",
+        50_000.0 / took.as_secs_f64()
+    );
+    let mut db = pg.client().expect("client");
+    assert_eq!(
+        count(&mut db, "SELECT COUNT(DISTINCT transaction_id) FROM t"),
+        50_000
+    );
+}
+
+/// PostgreSQL down when the loader starts, and again mid-way: the loader retries, never
+/// skips, and every object loads once the server is back.
+#[test]
+fn the_loader_waits_for_a_server_that_is_down_and_loads_everything_once_it_is_up() {
+    let mut pg = TestPostgres::start_cluster().expect("PostgreSQL for the test");
+    pg.stop().expect("stopped");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = dir.path().join("archive");
+    let archive = Archive::new(&root);
+    archive
+        .write("s", &[record(1, "booth/a", Some(0), good(1).as_bytes())])
+        .expect("written");
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let warehouse =
+        PostgresWarehouse::new(pg.url().parse().expect("url"), runtime.handle().clone());
+    let warehouse = Arc::new(Mutex::new(warehouse));
+    let (objects_tx, objects) = mpsc::channel(4);
+    let loader = Loader {
+        stream: "s".into(),
+        table: "t".into(),
+        schema: Arc::new(Schema::toll()),
+        archive_root: root.clone(),
+        archive: archive.clone(),
+        warehouse: warehouse.clone(),
+        objects,
+    };
+    let running = runtime.spawn(loader.run());
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(!running.is_finished(), "still retrying, not giving up");
+    pg.restart().expect("started");
+    let manifest = |pg: &TestPostgres| -> i64 {
+        pg.client()
+            .ok()
+            .and_then(|mut c| {
+                c.query_one("SELECT COALESCE(MAX(last_seq), 0) FROM loads", &[])
+                    .ok()
+            })
+            .map_or(0, |r| r.get(0))
+    };
+    tollstream_tests::harness::wait_for("the first object loaded", Duration::from_secs(60), || {
+        manifest(&pg) == 1
+    })
+    .expect("loaded once the server is up");
+    // Down again while a new object arrives.
+    pg.stop().expect("stopped again");
+    let object = archive
+        .write("s", &[record(2, "booth/a", Some(100), good(2).as_bytes())])
+        .expect("written");
+    objects_tx.blocking_send(object).expect("sent");
+    std::thread::sleep(Duration::from_millis(1500));
+    pg.restart().expect("started again");
+    tollstream_tests::harness::wait_for(
+        "the second object loaded",
+        Duration::from_secs(60),
+        || manifest(&pg) == 2,
+    )
+    .expect("loaded once the server is back");
+    drop(objects_tx);
+    runtime
+        .block_on(async { tokio::time::timeout(Duration::from_secs(30), running).await })
+        .expect("loader stops")
+        .expect("task")
+        .expect("loader");
+    let mut db = pg.client().expect("client");
+    assert_eq!(count(&mut db, "SELECT COUNT(*) FROM t"), 2);
+    assert_eq!(count(&mut db, "SELECT COUNT(*) FROM loads"), 2);
+}
