@@ -10,6 +10,7 @@ use tollstream_tests::harness::{
     AgentSetup, CollectorSetup, Daemon, WarehouseView, binary, free_port, http_get, wait_for,
     write_agent_config, write_collector_config,
 };
+use tollstream_tests::postgres::TestPostgres;
 use tollstream_tests::sim::{Mode, Pacing, SimConfig, SimWriter, Summary, WriteOptions};
 
 /// How long a test waits for data to arrive before failing.
@@ -30,6 +31,9 @@ pub struct Pipeline {
     pub data_dir: PathBuf,
     /// Set once both daemons stopped cleanly; a test that ends earlier failed.
     pub stopped: bool,
+    /// The PostgreSQL warehouse, when the collector loads into one instead of SQLite.
+    /// Dropped last, after both daemons.
+    pub postgres: Option<TestPostgres>,
 }
 
 impl Pipeline {
@@ -61,6 +65,28 @@ impl Pipeline {
         prepare: impl FnOnce(&Path) -> anyhow::Result<()>,
     ) -> anyhow::Result<Self> {
         Self::start_full(|_, _| Ok(()), route, adjust, prepare)
+    }
+
+    /// Like [`Pipeline::start`], loading into PostgreSQL: `postgres` (already started, and
+    /// maybe stopped again by the test) is the warehouse.
+    pub fn start_postgres(postgres: TestPostgres) -> anyhow::Result<Self> {
+        let url = postgres.url().to_owned();
+        let mut pipeline = Self::start_full(
+            |_, setup| {
+                setup.warehouse_url = Some(url);
+                Ok(())
+            },
+            Ok,
+            |_| (),
+            |_| Ok(()),
+        )?;
+        pipeline.postgres = Some(postgres);
+        Ok(pipeline)
+    }
+
+    /// The PostgreSQL warehouse of a pipeline started with [`Pipeline::start_postgres`].
+    pub fn postgres(&mut self) -> &mut TestPostgres {
+        self.postgres.as_mut().expect("a pipeline on PostgreSQL")
     }
 
     /// The most general form: `collector` adjusts the collector's settings first (it gets
@@ -104,6 +130,7 @@ impl Pipeline {
             agent_metrics_port: 0,
             data_dir,
             stopped: false,
+            postgres: None,
         };
         pipeline.wait_collector_ready()?;
         let mut setup = AgentSetup {
@@ -209,6 +236,9 @@ impl Pipeline {
     }
 
     pub fn warehouse(&self) -> anyhow::Result<WarehouseView> {
+        if let Some(postgres) = &self.postgres {
+            return WarehouseView::postgres(postgres.url());
+        }
         let path = self.warehouse_path();
         wait_for("the warehouse file", Duration::from_secs(30), || {
             path.exists()
@@ -299,6 +329,12 @@ impl Drop for Pipeline {
                     self.collector.log_tail(60),
                     self.agent.log_tail(60)
                 );
+                if let Some(postgres) = &self.postgres {
+                    let log = postgres.log();
+                    let tail: Vec<&str> = log.lines().rev().take(30).collect();
+                    let tail: Vec<&str> = tail.into_iter().rev().collect();
+                    eprintln!("----- PostgreSQL log -----\n{}", tail.join("\n"));
+                }
             }
             eprintln!(
                 "test directory kept for inspection: {}",

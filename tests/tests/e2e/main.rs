@@ -11,4 +11,5 @@ mod ingest;
 mod logrotate;
 mod model;
 mod pipeline;
+mod postgres;
 mod scale;

@@ -1,0 +1,95 @@
+//! The walking skeleton's exactly-once promise with a PostgreSQL warehouse: a real server
+//! (a throwaway cluster, or a database on `TOLLSTREAM_TEST_PG_URL`), loaded by COPY.
+
+use std::process::Command;
+use std::time::Duration;
+
+use tollstream_tests::harness::{binary, wait_for};
+use tollstream_tests::postgres::TestPostgres;
+
+use crate::fixture::{ARRIVAL_TIMEOUT, Pipeline, archive_lines};
+
+const LINES: u64 = 200_000;
+
+#[test]
+fn every_line_written_across_three_files_lands_exactly_once_in_postgres() -> anyhow::Result<()> {
+    let mut pipeline = Pipeline::start_postgres(TestPostgres::start()?)?;
+    let mut writer = pipeline.writer(LINES, 0)?;
+    while !writer.is_finished() {
+        writer.write(10_000)?;
+    }
+    let written = writer.into_summary();
+    assert_eq!(written.total_lines, LINES);
+    pipeline.wait_loaded(written.valid_lines, 0)?;
+    pipeline.stop()?;
+    pipeline.assert_exactly_once(&written)?;
+    // Every manifest row's counts add up to the table, and `status` reads them there.
+    let warehouse = pipeline.warehouse()?;
+    assert_eq!(
+        warehouse.count("SELECT SUM(inserted) FROM loads")?,
+        written.valid_lines as i64
+    );
+    let status = Command::new(binary("tollstream-collector")?)
+        .args(["status", "--json", "--config"])
+        .arg(pipeline.dir.path().join("collector.yaml"))
+        .output()?;
+    anyhow::ensure!(status.status.success(), "status: {status:?}");
+    let report: serde_json::Value = serde_json::from_slice(&status.stdout)?;
+    let stream = &report["streams"][0];
+    assert_eq!(stream["warehouse"]["rows"], written.valid_lines);
+    assert_eq!(stream["archive"]["not_loaded"], 0);
+    assert_eq!(stream["problems"].as_array().map(Vec::len), Some(0));
+    let shown = report["warehouse"].as_str().unwrap_or_default();
+    assert!(shown.starts_with("postgres://"), "{report}");
+    Ok(())
+}
+
+/// The collector starts while PostgreSQL is down and accepts everything (it waits in the
+/// archive); the server comes up, goes down again mid-stream (a load fails), comes back:
+/// every line lands exactly once.
+#[test]
+fn postgres_down_at_start_and_mid_stream_loses_and_duplicates_nothing() -> anyhow::Result<()> {
+    let mut postgres = TestPostgres::start_cluster()?;
+    postgres.stop()?;
+    let mut pipeline = Pipeline::start_postgres(postgres)?;
+    let mut writer = pipeline.writer(LINES, 0)?;
+    writer.write(60_000)?;
+    let archive = pipeline.data_dir.join("archive");
+    wait_for(
+        "the lines written while PostgreSQL is down to reach the archive",
+        ARRIVAL_TIMEOUT,
+        || archive_lines(&archive).is_ok_and(|n| n >= 60_000),
+    )?;
+    let failed_loads = |p: &Pipeline| {
+        p.collector_metric("tollstream_collector_load_errors_total", "")
+            .unwrap_or(0.0)
+    };
+    assert!(
+        failed_loads(&pipeline) >= 1.0,
+        "the loader reports that it cannot load"
+    );
+    assert_eq!(
+        pipeline.collector_metric("tollstream_collector_loads_total", ""),
+        Some(0.0),
+        "nothing loaded yet"
+    );
+    pipeline.postgres().restart()?;
+    pipeline.wait_rows_at_least(60_000)?;
+    // Down again while the agent keeps shipping: loads fail and are retried.
+    writer.write(70_000)?;
+    pipeline.wait_rows_at_least(70_000)?;
+    let failed_before = failed_loads(&pipeline);
+    pipeline.postgres().stop()?;
+    writer.write_all()?;
+    wait_for(
+        "a load to fail while PostgreSQL is down",
+        ARRIVAL_TIMEOUT,
+        || failed_loads(&pipeline) > failed_before,
+    )?;
+    std::thread::sleep(Duration::from_secs(1));
+    pipeline.postgres().restart()?;
+    let written = writer.into_summary();
+    pipeline.wait_loaded(written.valid_lines, 0)?;
+    pipeline.stop()?;
+    pipeline.assert_exactly_once(&written)
+}
