@@ -182,6 +182,29 @@ fn an_object_loads_with_typed_rows_rejected_lines_and_its_manifest_row() {
 }
 
 #[test]
+fn text_with_tabs_backslashes_and_newline_escapes_arrives_unchanged() {
+    let pg = TestPostgres::start().expect("PostgreSQL for the test");
+    let mut s = setup(&pg);
+    let line = good(1)
+        .replace("PLZ-017", "PLZ\\017\t\\n\\N")
+        .replace("C0001234", "\\.");
+    let source = "booth/\\a\tb";
+    let object = s
+        .archive
+        .write("s", &[record(1, source, Some(0), line.as_bytes())])
+        .expect("written");
+    let outcome = load(&mut s.warehouse, &s.archive, &object).expect("loaded");
+    assert_eq!(outcome.inserted, 1);
+    let mut db = pg.client().expect("client");
+    let row = db
+        .query_one("SELECT booth_id, customer_id, source FROM t", &[])
+        .expect("row");
+    assert_eq!(row.get::<_, String>(0), "PLZ\\017\t\\n\\N");
+    assert_eq!(row.get::<_, String>(1), "\\.");
+    assert_eq!(row.get::<_, String>(2), source);
+}
+
+#[test]
 fn loading_an_object_again_changes_nothing() {
     let pg = TestPostgres::start().expect("PostgreSQL for the test");
     let mut s = setup(&pg);

@@ -366,10 +366,17 @@ fn table_ddl(table: &str, schema: &Schema) -> String {
 
 /// The temporary table a load of `table` stages its rows in.
 fn staging_table(table: &str) -> String {
-    // Identifiers are at most 63 bytes; stream tables are validated to fit.
-    let mut name = format!("tollstream_staging_{table}");
-    name.truncate(63);
-    name
+    const PREFIX: &str = "tollstream_staging_";
+    // Identifiers are at most 63 bytes: a long table name is cut and told apart by a hash.
+    if PREFIX.len() + table.len() <= 63 {
+        format!("{PREFIX}{table}")
+    } else {
+        format!(
+            "{PREFIX}{}_{:08x}",
+            &table[..35],
+            crc32fast::hash(table.as_bytes())
+        )
+    }
 }
 
 /// The columns a load writes, in COPY order.
@@ -447,5 +454,46 @@ impl std::fmt::Write for Writer<'_> {
     fn write_str(&mut self, s: &str) -> std::fmt::Result {
         self.0.put_slice(s.as_bytes());
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn copy_text_escapes_exactly_its_four_special_characters() {
+        let mut out = BytesMut::new();
+        put_text(&mut out, "a\\b\tc\nd\re,f\u{e9}");
+        assert_eq!(&out[..], "a\\\\b\\tc\\nd\\re,f\u{e9}".as_bytes());
+    }
+
+    #[test]
+    fn staging_tables_have_valid_distinct_names() {
+        assert_eq!(
+            staging_table("toll_transactions"),
+            "tollstream_staging_toll_transactions"
+        );
+        let long_a = format!("{}a", "x".repeat(62));
+        let long_b = format!("{}b", "x".repeat(62));
+        let (a, b) = (staging_table(&long_a), staging_table(&long_b));
+        assert!(a.len() <= 63 && b.len() <= 63, "{a} {b}");
+        assert_ne!(a, b);
+    }
+
+    #[test]
+    fn the_toll_table_has_native_types_and_its_natural_key() {
+        let ddl = table_ddl("toll_transactions", &Schema::toll());
+        for column in [
+            "event_time timestamptz NOT NULL,",
+            "transaction_id uuid NOT NULL PRIMARY KEY,",
+            "lane bigint NOT NULL,",
+            "amount_cents bigint NOT NULL,",
+            "received_at timestamptz NOT NULL,",
+            "load_id bigint NOT NULL REFERENCES loads (load_id)",
+            "CREATE INDEX IF NOT EXISTS toll_transactions_event_time ON toll_transactions (event_time);",
+        ] {
+            assert!(ddl.contains(column), "{column} in {ddl}");
+        }
     }
 }
