@@ -7,6 +7,9 @@
 //!   sink built into this harness (so the collector is not the limit); with gzip and without.
 //! * `catch-up` — pre-written lines in three files → agent → collector → SQLite, until every
 //!   row is queryable.
+//! * `catch-up-postgres` — the same into PostgreSQL: a throwaway cluster (or a database on
+//!   `TOLLSTREAM_TEST_PG_URL`, see `tollstream_tests::postgres`). In `all`, skipped with a
+//!   message when no PostgreSQL server can be had.
 //!
 //! ```text
 //! cargo build --release --workspace --bins
@@ -29,6 +32,7 @@ use tollstream_tests::harness::{
     CollectorSetup, Daemon, Usage, WarehouseView, bin_dir, binary, free_port, http_get, wait_for,
     write_collector_config,
 };
+use tollstream_tests::postgres::TestPostgres;
 use tollstream_tests::sim::{Mode, Pacing, SimConfig, write_files};
 use tollstream_tests::sink::{self, Counts};
 
@@ -59,6 +63,7 @@ enum Scenario {
     References,
     AgentThroughput,
     CatchUp,
+    CatchUpPostgres,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -111,9 +116,18 @@ fn main() -> anyhow::Result<()> {
         results.push(agent_throughput(dir.path(), &one[0], lines, 2)?);
         results.push(agent_throughput(dir.path(), &one[0], lines, 0)?);
     }
-    if all || args.scenario == Scenario::CatchUp {
+    if all || args.scenario == Scenario::CatchUp || args.scenario == Scenario::CatchUpPostgres {
         prewrite(&three, lines)?;
-        results.push(catch_up(dir.path(), lines)?);
+    }
+    if all || args.scenario == Scenario::CatchUp {
+        results.push(catch_up(dir.path(), lines, None)?);
+    }
+    if all || args.scenario == Scenario::CatchUpPostgres {
+        match TestPostgres::start() {
+            Ok(postgres) => results.push(catch_up(dir.path(), lines, Some(&postgres))?),
+            Err(error) if all => eprintln!("catch-up-postgres skipped: {error:#}"),
+            Err(error) => return Err(error),
+        }
     }
     print_table(&results);
     let report = json!({ "lines": lines, "smoke": args.smoke, "results": results });
@@ -235,9 +249,14 @@ fn agent_throughput(dir: &Path, file: &Path, lines: u64, gzip_level: u32) -> any
     }))
 }
 
-/// Pre-written lines in three files through agent and collector into SQLite.
-fn catch_up(dir: &Path, lines: u64) -> anyhow::Result<Value> {
-    let work = dir.join("catch-up");
+/// Pre-written lines in three files through agent and collector into SQLite, or into
+/// PostgreSQL when `postgres` is given.
+fn catch_up(dir: &Path, lines: u64, postgres: Option<&TestPostgres>) -> anyhow::Result<Value> {
+    let work = dir.join(if postgres.is_some() {
+        "catch-up-postgres"
+    } else {
+        "catch-up"
+    });
     std::fs::create_dir_all(&work)?;
     let port = free_port()?;
     let collector_config = write_collector_config(
@@ -247,6 +266,7 @@ fn catch_up(dir: &Path, lines: u64) -> anyhow::Result<Value> {
             metrics_port: None,
             buffer_max_bytes: "8MiB",
             buffer_max_age: "2s",
+            warehouse_url: postgres.map(|p| p.url().to_owned()),
             ..CollectorSetup::default()
         },
     )?;
@@ -279,13 +299,18 @@ fn catch_up(dir: &Path, lines: u64) -> anyhow::Result<Value> {
     wait_for("the collector to start", Duration::from_secs(30), || {
         http_get(([127, 0, 0, 1], port).into(), "/healthz").is_some()
     })?;
-    let warehouse_path = work.join("collector-data/warehouse.db");
-    wait_for(
-        "the warehouse to be created",
-        Duration::from_secs(30),
-        || warehouse_path.exists(),
-    )?;
-    let warehouse = WarehouseView::open(&warehouse_path)?;
+    let warehouse = match postgres {
+        Some(postgres) => WarehouseView::postgres(postgres.url())?,
+        None => {
+            let warehouse_path = work.join("collector-data/warehouse.db");
+            wait_for(
+                "the warehouse to be created",
+                Duration::from_secs(30),
+                || warehouse_path.exists(),
+            )?;
+            WarehouseView::open(&warehouse_path)?
+        }
+    };
     let started = Instant::now();
     agent.start()?;
     let (mut agent_usage, mut collector_usage) = (Usage::default(), Usage::default());
@@ -295,8 +320,9 @@ fn catch_up(dir: &Path, lines: u64) -> anyhow::Result<Value> {
         || {
             agent_usage = agent.usage().unwrap_or(agent_usage);
             collector_usage = collector.usage().unwrap_or(collector_usage);
+            // The manifest's sum, not COUNT(*): cheap however large the table grows.
             warehouse
-                .count("SELECT COUNT(*) FROM toll_transactions")
+                .count("SELECT SUM(inserted) FROM loads")
                 .unwrap_or(0) as u64
                 >= lines
         },
@@ -316,8 +342,15 @@ fn catch_up(dir: &Path, lines: u64) -> anyhow::Result<Value> {
     let bytes: u64 = (0..3)
         .map(|i| file_bytes(&dir.join(format!("three/booths-{i}.log"))))
         .sum();
+    let (scenario, name) = match postgres {
+        Some(_) => (
+            "catch-up-postgres",
+            "3 files → agent → collector → PostgreSQL",
+        ),
+        None => ("catch-up", "3 files → agent → collector → SQLite"),
+    };
     Ok(json!({
-        "scenario": "catch-up", "name": "3 files → agent → collector → SQLite", "seconds": seconds,
+        "scenario": scenario, "name": name, "seconds": seconds,
         "lines_per_sec": lines as f64 / seconds, "mb_per_sec": bytes as f64 / 1e6 / seconds,
         "cpu_us_per_line": (agent_usage.cpu_seconds + collector_usage.cpu_seconds) * 1e6 / lines as f64,
         "agent_cpu_s_per_million_lines": agent_usage.cpu_seconds * 1e6 / lines as f64,
