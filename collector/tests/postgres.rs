@@ -301,39 +301,68 @@ fn a_load_whose_errors_object_cannot_be_written_leaves_nothing_and_succeeds_when
     assert_eq!(count(&mut db, "SELECT COUNT(*) FROM loads"), 1);
 }
 
-/// Many lines: several COPY chunks, and a figure for the README.
+/// Objects of the default buffer size (8 MiB, 80,000 lines in 16 WAL records): several COPY
+/// chunks each. Prints rows/s into PostgreSQL and, for the same objects, into SQLite (run
+/// with `--release --nocapture` for figures worth reading).
 #[test]
-fn a_large_object_streams_in_chunks_and_loads_every_line() {
+fn large_objects_stream_in_chunks_and_load_every_line() {
+    const LINES: u32 = 80_000;
     let pg = TestPostgres::start().expect("PostgreSQL for the test");
     let mut s = setup(&pg);
-    let lines: String = (0..50_000).map(good).collect();
-    let records: Vec<WalRecord> = lines
-        .as_bytes()
-        .chunks(good(0).len() * 5000)
-        .enumerate()
-        .map(|(i, chunk)| {
-            record(
-                i as u64 + 1,
-                "booth/a",
-                Some((i * chunk.len()) as u64),
-                chunk,
-            )
+    let objects: Vec<ArchiveObject> = (0..2u32)
+        .map(|o| {
+            let lines: String = (o * LINES..(o + 1) * LINES).map(good).collect();
+            let records: Vec<WalRecord> = lines
+                .as_bytes()
+                .chunks(good(0).len() * 5000)
+                .enumerate()
+                .map(|(i, chunk)| {
+                    let seq = u64::from(o) * 100 + i as u64 + 1;
+                    let start =
+                        (u64::from(o) * u64::from(LINES) + i as u64 * 5000) * good(0).len() as u64;
+                    record(seq, "booth/a", Some(start), chunk)
+                })
+                .collect();
+            s.archive.write("s", &records).expect("written")
         })
         .collect();
-    let object = s.archive.write("s", &records).expect("written");
-    #[allow(clippy::disallowed_types)] // A figure, not a deadline.
-    let started = std::time::Instant::now();
-    let outcome = load(&mut s.warehouse, &s.archive, &object).expect("loaded");
-    let took = started.elapsed();
-    assert_eq!(outcome.inserted, 50_000);
-    eprintln!(
-        "PostgreSQL: 50000 rows in one object loaded in {took:?} ({:.0} rows/s)",
-        50_000.0 / took.as_secs_f64()
-    );
+    let mut sqlite =
+        tollstream_collector::warehouse::SqliteWarehouse::open(&s.dir.path().join("w.db"))
+            .expect("sqlite");
+    sqlite.prepare("t", &Schema::toll()).expect("prepare");
+    for (name, warehouse) in [
+        ("PostgreSQL", &mut s.warehouse as &mut dyn Warehouse),
+        ("SQLite", &mut sqlite as &mut dyn Warehouse),
+    ] {
+        for (i, object) in objects.iter().enumerate() {
+            let (index, data) = Archive::read(&object.path).expect("readable");
+            #[allow(clippy::disallowed_types)] // A figure, not a deadline.
+            let started = std::time::Instant::now();
+            let outcome = warehouse
+                .load(&LoadJob {
+                    stream: "s",
+                    table: "t",
+                    schema: &Schema::toll(),
+                    object: format!("s/{i}.gz"),
+                    first_seq: object.first_seq,
+                    last_seq: object.last_seq,
+                    index,
+                    data,
+                    archive: &s.archive,
+                })
+                .expect("loaded");
+            let took = started.elapsed();
+            assert_eq!(outcome.inserted, u64::from(LINES));
+            eprintln!(
+                "{name}: object {i} of {LINES} rows loaded in {took:.2?} ({:.0} rows/s)",
+                f64::from(LINES) / took.as_secs_f64()
+            );
+        }
+    }
     let mut db = pg.client().expect("client");
     assert_eq!(
         count(&mut db, "SELECT COUNT(DISTINCT transaction_id) FROM t"),
-        50_000
+        2 * i64::from(LINES)
     );
 }
 
