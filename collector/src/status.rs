@@ -19,6 +19,9 @@
 //! * **rejected** — lines rejected, in how many loads, and the errors objects under
 //!   `archive/errors/<stream>/` that hold them.
 //!
+//! With a PostgreSQL warehouse the manifest is read over a connection made for the report
+//! (at most 5 s to connect); a server that cannot be reached is a problem, not a failure.
+//!
 //! Anything it cannot read becomes a `problem` line (and an entry in `problems`) instead of
 //! ending the report.
 //!
