@@ -366,6 +366,34 @@ fn large_objects_stream_in_chunks_and_load_every_line() {
     );
 }
 
+/// Password authentication (as the test cluster requires over TCP): a wrong password is an
+/// error that says so without showing it, and nothing is left half-done.
+#[test]
+fn a_wrong_password_is_an_error_naming_the_cause_not_the_password() {
+    let pg = TestPostgres::start_cluster().expect("PostgreSQL for the test");
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let (url, password) = pg.url_and_password();
+    assert!(password.is_some(), "the test cluster asks for a password");
+    let mut config: tokio_postgres::Config = url.parse().expect("url");
+    config.password("wrong-hunter2");
+    let mut warehouse = PostgresWarehouse::new(config.clone(), runtime.handle().clone());
+    let error = warehouse
+        .prepare("t", &Schema::toll())
+        .expect_err("refused")
+        .to_string();
+    assert!(error.contains("password authentication failed"), "{error}");
+    assert!(!error.contains("hunter2"), "{error}");
+    config.password(password.expect("password"));
+    let mut warehouse = PostgresWarehouse::new(config, runtime.handle().clone());
+    warehouse
+        .prepare("t", &Schema::toll())
+        .expect("the right password works");
+}
+
 /// PostgreSQL down when the loader starts, and again mid-way: the loader retries, never
 /// skips, and every object loads once the server is back.
 #[test]

@@ -316,6 +316,8 @@ pub struct CollectorSetup {
     pub extra: String,
     /// `warehouse.url`; `None`: `sqlite://warehouse.db`.
     pub warehouse_url: Option<String>,
+    /// `warehouse.password_file`, if any.
+    pub warehouse_password_file: Option<PathBuf>,
 }
 
 impl Default for CollectorSetup {
@@ -328,6 +330,7 @@ impl Default for CollectorSetup {
             data_dir: None,
             extra: String::new(),
             warehouse_url: None,
+            warehouse_password_file: None,
         }
     }
 }
@@ -412,13 +415,18 @@ pub fn write_collector_config(dir: &Path, setup: &CollectorSetup) -> anyhow::Res
         .map_or_else(|| "collector-data".to_string(), |d| d.display().to_string());
     let text = format!(
         "listen: 127.0.0.1:{}\n{metrics}data_dir: {data_dir}\nauth:\n  agent_tokens_file: agent-tokens\n\
-         warehouse:\n  url: {:?}\nstreams:\n  toll-transactions:\n    table: toll_transactions\n\
+         warehouse:\n  url: {:?}\n{}streams:\n  toll-transactions:\n    table: toll_transactions\n\
          \x20   buffer: {{ max_bytes: {}, max_age: {} }}\n{}",
         setup.port,
         setup
             .warehouse_url
             .as_deref()
             .unwrap_or("sqlite://warehouse.db"),
+        setup
+            .warehouse_password_file
+            .as_ref()
+            .map(|f| format!("  password_file: {:?}\n", f.display().to_string()))
+            .unwrap_or_default(),
         setup.buffer_max_bytes,
         setup.buffer_max_age,
         setup.extra

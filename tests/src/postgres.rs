@@ -5,7 +5,9 @@
 //! * with `TOLLSTREAM_TEST_PG_URL` set (e.g. `postgres://me@127.0.0.1:5432/postgres`), a
 //!   fresh database `tollstream_test_…` created on that server, dropped afterwards;
 //! * otherwise a new PostgreSQL cluster in a temporary directory (`initdb`, then `pg_ctl
-//!   start` on a free port on 127.0.0.1, fsync left on), stopped and removed on drop. As
+//!   start` on a free port on 127.0.0.1, fsync left on, password authentication over TCP as
+//!   a real server has: the user `postgres` with the password [`PASSWORD`]), stopped and
+//!   removed on drop. As
 //!   root it runs as the `postgres` user through `runuser` (initdb refuses root). The
 //!   binaries are looked for in `TOLLSTREAM_TEST_PG_BIN`, `/usr/lib/postgresql/*/bin`
 //!   (newest first) and `PATH`; without them the error says what to install.
@@ -24,6 +26,9 @@ use anyhow::{Context, bail};
 pub const URL_VARIABLE: &str = "TOLLSTREAM_TEST_PG_URL";
 /// The environment variable naming the directory of `initdb` and `pg_ctl`.
 pub const BIN_VARIABLE: &str = "TOLLSTREAM_TEST_PG_BIN";
+/// The password of the user `postgres` on a test cluster (connections over TCP must give
+/// it: scram-sha-256).
+pub const PASSWORD: &str = "tollstream-test-password";
 
 /// A database for one test, on a cluster of its own or on the developer's server.
 pub struct TestPostgres {
@@ -89,7 +94,10 @@ impl TestPostgres {
         cluster.initdb()?;
         cluster.start()?;
         Ok(Self {
-            url: format!("postgres://postgres@127.0.0.1:{}/postgres", cluster.port),
+            url: format!(
+                "postgres://postgres:{PASSWORD}@127.0.0.1:{}/postgres",
+                cluster.port
+            ),
             cluster: Some(cluster),
             external: None,
         })
@@ -116,17 +124,47 @@ impl TestPostgres {
         })
     }
 
-    /// The URL of the test's database, e.g. `postgres://postgres@127.0.0.1:54321/postgres`.
+    /// The URL of the test's database, password included, e.g.
+    /// `postgres://postgres:…@127.0.0.1:54321/postgres`.
     pub fn url(&self) -> &str {
         &self.url
     }
 
-    /// A new connection to the test's database.
+    /// The URL without its password, and the password (if it had one): for configurations
+    /// that keep the password in a file.
+    pub fn url_and_password(&self) -> (String, Option<String>) {
+        let Ok(config) = self.url.parse::<postgres::Config>() else {
+            return (self.url.clone(), None);
+        };
+        let Some(password) = config.get_password() else {
+            return (self.url.clone(), None);
+        };
+        let password = String::from_utf8_lossy(password).into_owned();
+        let (scheme, rest) = self
+            .url
+            .split_once("://")
+            .unwrap_or(("postgres", &self.url));
+        let at = rest.find('@').unwrap_or(0);
+        let user = rest[..at].split(':').next().unwrap_or_default();
+        (format!("{scheme}://{user}{}", &rest[at..]), Some(password))
+    }
+
+    /// A new connection to the test's database, for the test's own queries.
     ///
     /// # Errors
     /// When the server cannot be reached. Do not call it inside an async runtime.
     pub fn client(&self) -> anyhow::Result<postgres::Client> {
-        connect(&self.url)
+        match &self.cluster {
+            // Through the Unix socket (trust): no password hashing per connection, which a
+            // debug build takes its time over.
+            Some(cluster) => Ok(postgres::Config::new()
+                .host_path(cluster.dir.path())
+                .port(cluster.port)
+                .user("postgres")
+                .dbname("postgres")
+                .connect(postgres::NoTls)?),
+            None => connect(&self.url),
+        }
     }
 
     /// Stops the server (fast shutdown: open connections are cut).
@@ -194,11 +232,18 @@ impl Cluster {
     }
 
     fn initdb(&self) -> anyhow::Result<()> {
+        let password_file = self.dir.path().join("password");
+        std::fs::write(&password_file, format!("{PASSWORD}\n"))?;
+        if self.as_postgres {
+            run(Command::new("chown").arg("postgres:").arg(&password_file))?;
+        }
+        let pwfile = format!("--pwfile={}", password_file.display());
         run(self.command("initdb").arg("-D").arg(self.data()).args([
+            &pwfile,
             "-U",
             "postgres",
-            "-A",
-            "trust",
+            "--auth-local=trust",
+            "--auth-host=scram-sha-256",
             "-E",
             "UTF8",
             "--locale=C.UTF-8",

@@ -68,12 +68,18 @@ impl Pipeline {
     }
 
     /// Like [`Pipeline::start`], loading into PostgreSQL: `postgres` (already started, and
-    /// maybe stopped again by the test) is the warehouse.
+    /// maybe stopped again by the test) is the warehouse. Its password goes in a
+    /// `warehouse.password_file`, as an operator would keep it.
     pub fn start_postgres(postgres: TestPostgres) -> anyhow::Result<Self> {
-        let url = postgres.url().to_owned();
+        let (url, password) = postgres.url_and_password();
         let mut pipeline = Self::start_full(
-            |_, setup| {
+            |dir, setup| {
                 setup.warehouse_url = Some(url);
+                if let Some(password) = password {
+                    let file = dir.join("warehouse.password");
+                    std::fs::write(&file, format!("{password}\n"))?;
+                    setup.warehouse_password_file = Some(file);
+                }
                 Ok(())
             },
             Ok,

@@ -41,6 +41,15 @@ fn every_line_written_across_three_files_lands_exactly_once_in_postgres() -> any
     assert_eq!(stream["problems"].as_array().map(Vec::len), Some(0));
     let shown = report["warehouse"].as_str().unwrap_or_default();
     assert!(shown.starts_with("postgres://"), "{report}");
+    // The password (in warehouse.password_file here) never shows.
+    if let (_, Some(password)) = pipeline.postgres().url_and_password() {
+        let log = std::fs::read_to_string(pipeline.dir.path().join("collector.log"))?;
+        assert!(
+            !log.contains(&password),
+            "the collector log shows the password"
+        );
+        assert!(!String::from_utf8_lossy(&status.stdout).contains(&password));
+    }
     Ok(())
 }
 
