@@ -196,11 +196,13 @@ impl Buffer {
             let position_file = self.position_file.clone();
             let written = tokio::task::spawn_blocking(move || {
                 let object = archive.write(&stream, &batch)?;
+                crate::crashpoint::hit("archive-renamed");
                 crate::fsutil::write_atomic(&position_file, object.last_seq.to_string().as_bytes())
                     .map_err(|e| {
                         anyhow::Error::new(e)
                             .context(format!("writing {}", position_file.display()))
                     })?;
+                crate::crashpoint::hit("archive-position-written");
                 anyhow::Ok(object)
             })
             .await;

@@ -15,6 +15,7 @@ pub mod archive;
 pub mod buffer;
 pub mod clock;
 pub mod config;
+pub mod crashpoint;
 pub mod disk;
 mod fsutil;
 pub mod health;
@@ -68,6 +69,7 @@ pub async fn run(
     reload: Arc<Notify>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
+    crashpoint::arm_from_env()?;
     let data_dir = &config.data_dir;
     for sub in ["wal", "archive", "state"] {
         let dir = data_dir.join(sub);
