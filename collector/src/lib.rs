@@ -121,6 +121,7 @@ pub async fn run(
             &mut reader,
             *durable.borrow(),
             position,
+            &position_file,
         )?;
         wal.consumers().advance(buffer::CONSUMER, position);
         let (objects_tx, objects_rx) = mpsc::channel(16);
