@@ -7,10 +7,13 @@
 //!   sink built into this harness (so the collector is not the limit); with gzip and without.
 //! * `catch-up` — pre-written lines in three files → agent → collector → SQLite, until every
 //!   row is queryable.
+//! * `ingest` — 1, 10 and 100 synthetic agents send pre-compressed batches straight to a
+//!   collector (fsync, SQLite): records/s, MB/s, ack latency p50/p99, collector CPU and RSS.
 //!
 //! ```text
 //! cargo build --release --workspace --bins
 //! target/release/tollbench all [--lines 5000000] [--quick] [--smoke] [--json FILE]
+//! target/release/tollbench ingest [--agents 1,10,100] [--batch-records 1000] [--in-flight 1]
 //! ```
 //!
 //! One module per scenario. Wall-clock time is what a benchmark measures, so these files read
@@ -19,6 +22,7 @@
 
 mod agent_throughput;
 mod catch_up;
+mod ingest;
 mod references;
 
 use std::path::{Path, PathBuf};
@@ -32,6 +36,7 @@ use tollstream_tests::sim::{Mode, Pacing, SimConfig, write_files};
 
 use crate::agent_throughput::agent_throughput;
 use crate::catch_up::catch_up;
+use crate::ingest::ingest;
 use crate::references::reference;
 
 /// Measures throughput, CPU and memory of tollstream and of physical references.
@@ -50,6 +55,16 @@ struct Args {
     /// A tiny run that only proves every scenario works (CI); its figures mean nothing.
     #[arg(long)]
     smoke: bool,
+    /// `ingest`: the numbers of concurrent synthetic agents, one run each.
+    #[arg(long, value_delimiter = ',', default_value = "1,10,100")]
+    agents: Vec<usize>,
+    /// `ingest`: lines per batch (default 1,000; 100 with --smoke).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    batch_records: Option<u64>,
+    /// `ingest`: requests each synthetic agent may have in flight (the agent allows 4 per
+    /// file); 1 sends each batch only after the previous one was acknowledged.
+    #[arg(long, default_value_t = 1, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=64))]
+    in_flight: usize,
     /// Where to write the results as JSON.
     #[arg(long, default_value = "tollbench.json")]
     json: PathBuf,
@@ -61,6 +76,7 @@ enum Scenario {
     References,
     AgentThroughput,
     CatchUp,
+    Ingest,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -117,7 +133,23 @@ fn main() -> anyhow::Result<()> {
         prewrite(&three, lines)?;
         results.push(catch_up(dir.path(), lines)?);
     }
+    if all || args.scenario == Scenario::Ingest {
+        results.extend(ingest(
+            dir.path(),
+            &ingest::Options {
+                lines,
+                agents: args.agents.clone(),
+                batch_records: args
+                    .batch_records
+                    .unwrap_or(if args.smoke { 100 } else { 1000 }),
+                in_flight: args.in_flight,
+                gzip_level: 2,
+                buffer_max_age: if args.smoke { "200ms" } else { "2s" },
+            },
+        )?);
+    }
     print_table(&results);
+    ingest::print_table(&results);
     let report = json!({ "lines": lines, "smoke": args.smoke, "results": results });
     std::fs::write(&args.json, serde_json::to_string_pretty(&report)?)
         .with_context(|| format!("writing {}", args.json.display()))?;
