@@ -164,6 +164,9 @@ async fn wait_until(what: &str, limit: Duration, mut check: impl FnMut() -> bool
 }
 
 async fn readyz(addr: SocketAddr) -> (u16, String) {
+    // The agent installs the process's TLS provider when its shipper starts, which may not
+    // have happened yet in this process: a client of the test's own needs one.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let response = reqwest::get(format!("http://{addr}/readyz"))
         .await
         .expect("readyz answers");

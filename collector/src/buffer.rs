@@ -10,10 +10,11 @@
 //! Durability: the buffer holds nothing that is not already in the WAL. After writing an
 //! object it records its position in `<state>/archive.pos` and tells the WAL it may delete
 //! what the object covers. After a crash between the object's rename and that record, the
-//! start-up check finds the object by its name and moves past it instead of cutting an
+//! start-up check finds the object by its name, records the position after it (before the
+//! WAL may delete what the object covers) and moves past it instead of cutting an
 //! overlapping one.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -56,7 +57,7 @@ pub struct Buffer {
 ///
 /// # Errors
 /// An unreadable or damaged file.
-pub fn load_position(path: &std::path::Path) -> anyhow::Result<u64> {
+pub fn load_position(path: &Path) -> anyhow::Result<u64> {
     match std::fs::read_to_string(path) {
         Ok(text) => text.trim().parse().map_err(|e| {
             anyhow::anyhow!(
@@ -69,12 +70,42 @@ pub fn load_position(path: &std::path::Path) -> anyhow::Result<u64> {
     }
 }
 
-/// Moves `position` past objects that were written but not yet recorded (a crash right
-/// after a rename), so the next object starts where the archive really ends.
+/// Writes the last archived sequence number to the position file, atomically.
 ///
 /// # Errors
-/// WAL read errors.
+/// I/O errors; the previous position is still in place then.
+pub fn store_position(path: &Path, seq: u64) -> anyhow::Result<()> {
+    crate::fsutil::write_atomic(path, seq.to_string().as_bytes())
+        .map_err(|e| anyhow::Error::new(e).context(format!("writing {}", path.display())))
+}
+
+/// Moves `position` past objects that were written but not yet recorded (a crash right
+/// after a rename), so the next object starts where the archive really ends, and records
+/// the new position in `position_file` before returning it.
+///
+/// Recording it matters: the caller then lets the WAL delete the segments the adopted
+/// objects cover, and a position file left behind would, after the next crash, point into
+/// the middle of an adopted object, where no object starts — the records after it would be
+/// archived (and loaded) a second time.
+///
+/// # Errors
+/// WAL read errors; the position file cannot be written.
 pub fn adopt_written_objects(
+    stream: &str,
+    archive: &Archive,
+    reader: &mut Reader,
+    durable: Durable,
+    position: u64,
+    position_file: &Path,
+) -> anyhow::Result<u64> {
+    let adopted = find_written_objects(stream, archive, reader, durable, position)?;
+    if adopted != position {
+        store_position(position_file, adopted)?;
+    }
+    Ok(adopted)
+}
+
+fn find_written_objects(
     stream: &str,
     archive: &Archive,
     reader: &mut Reader,
@@ -196,11 +227,9 @@ impl Buffer {
             let position_file = self.position_file.clone();
             let written = tokio::task::spawn_blocking(move || {
                 let object = archive.write(&stream, &batch)?;
-                crate::fsutil::write_atomic(&position_file, object.last_seq.to_string().as_bytes())
-                    .map_err(|e| {
-                        anyhow::Error::new(e)
-                            .context(format!("writing {}", position_file.display()))
-                    })?;
+                crate::crashpoint::hit("archive-renamed");
+                store_position(&position_file, object.last_seq)?;
+                crate::crashpoint::hit("archive-position-written");
                 anyhow::Ok(object)
             })
             .await;
@@ -248,6 +277,107 @@ mod tests {
             records: 1,
             data: Bytes::from_static(b"x\n"),
         }
+    }
+
+    /// What the collector does at start (`lib.rs`): the position file, at least the record
+    /// before the WAL's oldest, then past any object written but not recorded.
+    fn start_position(wal: &crate::wal::Wal, archive: &Archive, file: &Path) -> u64 {
+        let position = load_position(file)
+            .expect("position")
+            .max(wal.first_seq() - 1);
+        let mut reader = wal.reader(position + 1);
+        let durable = *wal.durable().borrow();
+        adopt_written_objects("s", archive, &mut reader, durable, position, file).expect("adopt")
+    }
+
+    #[tokio::test]
+    async fn an_adopted_object_is_recorded_before_the_wal_may_delete_what_it_covers() {
+        use crate::wal::{AppendRequest, Wal, WalOptions};
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (wal_dir, file) = (dir.path().join("wal"), dir.path().join("s.archive.pos"));
+        let archive = Archive::new(&dir.path().join("archive"));
+        let data = Bytes::from_static(b"x\n");
+        let frame = {
+            let mut buf = bytes::BytesMut::new();
+            WalRecord {
+                range: Some((0, 2)),
+                data: data.clone(),
+                ..record(1, "a/1")
+            }
+            .encode_into(&mut buf);
+            buf.len() as u64
+        };
+        // Two records per segment: [1 2] [3 4] [5 6] ...
+        let options = WalOptions {
+            segment_bytes: 2 * frame,
+            consumers: vec![CONSUMER],
+        };
+        let open = || {
+            Wal::open(
+                &wal_dir,
+                options.clone(),
+                Arc::new(crate::clock::SystemClock),
+            )
+        };
+        let append = |wal: &Wal, n: u64| {
+            let wal = wal.clone();
+            async move {
+                let request = AppendRequest {
+                    source: "a/1".into(),
+                    range: Some((2 * n, 2 * n + 2)),
+                    data: Bytes::from_static(b"x\n"),
+                    records: 1,
+                    lease: None,
+                };
+                wal.append(request).await.expect("appended");
+            }
+        };
+        let (wal, thread) = open().expect("opens");
+        for n in 0..6 {
+            append(&wal, n).await;
+        }
+        let records: Vec<WalRecord> = {
+            let mut reader = wal.reader(1);
+            let durable = *wal.durable().borrow();
+            std::iter::from_fn(|| reader.next(durable).expect("reads")).collect()
+        };
+        // Object 1 is recorded; object 2-3, which spans a segment boundary, is renamed into
+        // place when the collector dies, before its position is written.
+        archive.write("s", &records[0..1]).expect("object 1");
+        store_position(&file, 1).expect("position");
+        archive.write("s", &records[1..3]).expect("object 2-3");
+        drop(wal);
+        thread.join().expect("writer stops");
+
+        // The next start adopts object 2-3 and lets the WAL delete what it covers: the
+        // segment [1 2] goes at the next roll-over, [3 4] stays.
+        let (wal, thread) = open().expect("opens");
+        assert_eq!(start_position(&wal, &archive, &file), 3);
+        wal.consumers().advance(CONSUMER, 3);
+        for n in 6..8 {
+            append(&wal, n).await;
+        }
+        assert!(
+            matches!(
+                wal.reader(1).next(*wal.durable().borrow()),
+                Err(crate::wal::WalError::Missing { seq: 1, .. })
+            ),
+            "segment [1 2] is deleted"
+        );
+        drop(wal);
+        thread.join().expect("writer stops");
+
+        // It dies again before cutting anything. Its WAL now starts at 3, inside object 2-3:
+        // only the recorded position says where the archive ends.
+        let (wal, thread) = open().expect("opens");
+        assert_eq!(wal.first_seq(), 3);
+        assert_eq!(
+            start_position(&wal, &archive, &file),
+            3,
+            "the next object starts after 2-3, not inside it"
+        );
+        drop(wal);
+        thread.join().expect("writer stops");
     }
 
     #[tokio::test]

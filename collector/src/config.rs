@@ -482,10 +482,12 @@ impl Config {
                 "ingest.max_connections must be between 1 and 1000000".into(),
             ));
         }
-        if ingest.max_buffered_bytes < ingest.max_body_bytes + ingest.max_decompressed_bytes {
+        // One request at its worst: the body, plus the inflated body while its buffer grows
+        // (old and new allocation at once).
+        if ingest.max_buffered_bytes < ingest.max_body_bytes + 2 * ingest.max_decompressed_bytes {
             return Err(invalid(
                 "ingest.max_buffered_bytes must hold at least one request: >= \
-                 ingest.max_body_bytes + ingest.max_decompressed_bytes"
+                 ingest.max_body_bytes + 2 x ingest.max_decompressed_bytes"
                     .into(),
             ));
         }

@@ -25,6 +25,10 @@ pub struct DiskGuard {
     /// `u64::MAX` until measured, and when the measurement fails (no guard rather than a
     /// collector that refuses everything because `statvfs` failed).
     free: AtomicU64,
+    /// Bytes accepted into the WAL since `free` was measured: between two measurements
+    /// ingest could otherwise write far past the reserve (a second at full speed is
+    /// hundreds of megabytes).
+    spent: AtomicU64,
 }
 
 impl DiskGuard {
@@ -34,6 +38,7 @@ impl DiskGuard {
             path: path.to_path_buf(),
             min_free,
             free: AtomicU64::new(u64::MAX),
+            spent: AtomicU64::new(0),
         });
         guard.refresh();
         guard
@@ -49,6 +54,7 @@ impl DiskGuard {
             }
         };
         let before = self.free.swap(free, Ordering::Relaxed);
+        self.spent.store(0, Ordering::Relaxed);
         if free != u64::MAX {
             metrics::gauge!("tollstream_collector_disk_free_bytes").set(free as f64);
         }
@@ -71,9 +77,16 @@ impl DiskGuard {
         self.min_free
     }
 
-    /// Whether free space is below the reserve.
+    /// Whether free space, less what was written since it was measured, is below the
+    /// reserve.
     pub fn is_low(&self) -> bool {
-        self.free.load(Ordering::Relaxed) < self.min_free
+        let free = self.free.load(Ordering::Relaxed);
+        free != u64::MAX && free.saturating_sub(self.spent.load(Ordering::Relaxed)) < self.min_free
+    }
+
+    /// Notes `bytes` written to the data directory since the last measurement.
+    pub fn spend(&self, bytes: u64) {
+        self.spent.fetch_add(bytes, Ordering::Relaxed);
     }
 
     /// Refreshes every second until `shutdown`.
@@ -109,5 +122,11 @@ mod tests {
         assert!(!roomy.is_low());
         let greedy = DiskGuard::new(dir.path(), u64::MAX - 1);
         assert!(greedy.is_low());
+        // Writes since the measurement count against the reserve until the next one.
+        let free = roomy.free().expect("measured");
+        let tight = DiskGuard::new(dir.path(), free / 2);
+        assert!(!tight.is_low());
+        tight.spend(free);
+        assert!(tight.is_low());
     }
 }

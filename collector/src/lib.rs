@@ -15,6 +15,7 @@ pub mod archive;
 pub mod buffer;
 pub mod clock;
 pub mod config;
+pub mod crashpoint;
 pub mod disk;
 mod fsutil;
 pub mod health;
@@ -69,6 +70,7 @@ pub async fn run(
     reload: Arc<Notify>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
+    crashpoint::arm_from_env()?;
     let data_dir = &config.data_dir;
     for sub in ["wal", "archive", "state"] {
         let dir = data_dir.join(sub);
@@ -120,6 +122,7 @@ pub async fn run(
             &mut reader,
             *durable.borrow(),
             position,
+            &position_file,
         )?;
         wal.consumers().advance(buffer::CONSUMER, position);
         let (objects_tx, objects_rx) = mpsc::channel(16);

@@ -119,6 +119,15 @@ impl Daemon {
     /// # Errors
     /// When it is already running or cannot be spawned.
     pub fn start(&mut self) -> anyhow::Result<()> {
+        self.start_with_env(&[])
+    }
+
+    /// Like [`Daemon::start`], with extra environment variables for this start only (e.g.
+    /// `TOLLSTREAM_CRASH_AT`).
+    ///
+    /// # Errors
+    /// When it is already running or cannot be spawned.
+    pub fn start_with_env(&mut self, env: &[(&str, &str)]) -> anyhow::Result<()> {
         if self.child.is_some() {
             bail!("{} is already running", self.name);
         }
@@ -131,6 +140,7 @@ impl Daemon {
                 "TOLLSTREAM_LOG",
                 std::env::var("TOLLSTREAM_LOG").unwrap_or_else(|_| "info".into()),
             )
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
@@ -146,6 +156,26 @@ impl Daemon {
         self.child
             .as_mut()
             .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+
+    /// If the process has exited by itself, reaps it and returns how it ended (`None` while
+    /// it runs, or when it was not started).
+    pub fn try_exit(&mut self) -> Option<ExitStatus> {
+        let status = self.child.as_mut()?.try_wait().ok()??;
+        self.child = None;
+        Some(status)
+    }
+
+    /// The log written since the latest start.
+    pub fn log_since_start(&self) -> String {
+        let mark = usize::try_from(self.log_mark).unwrap_or(usize::MAX);
+        std::fs::read(&self.log)
+            .ok()
+            .and_then(|text| {
+                text.get(mark..)
+                    .map(|t| String::from_utf8_lossy(t).into_owned())
+            })
+            .unwrap_or_default()
     }
 
     /// SIGKILL: no chance to flush anything.

@@ -119,6 +119,7 @@ async fn post_records(
     let (data, records) = framing::check(data, range, &state.batch)?;
     metrics::gauge!("tollstream_collector_ingest_buffered_bytes")
         .set((state.budget.total() - state.budget.available()) as f64);
+    state.disk.spend(data.len() as u64);
     let request = AppendRequest {
         source,
         range,

@@ -241,6 +241,7 @@ impl Wal {
     ) -> Result<(Self, std::thread::JoinHandle<()>), WalError> {
         std::fs::create_dir_all(dir).map_err(|e| WalError::io("creating", dir, e))?;
         let recovered = writer::recover(dir)?;
+        crate::crashpoint::hit("recovery-wal-scanned");
         let (tx, rx) = mpsc::channel(1024);
         let consumers = Arc::new(Consumers {
             positions: Mutex::default(),

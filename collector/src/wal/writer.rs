@@ -370,9 +370,11 @@ impl Writer {
         self.file
             .write_all(&self.buf)
             .map_err(|e| WalError::io("writing", &path, e))?;
+        crate::crashpoint::hit("wal-written");
         self.file
             .sync_data()
             .map_err(|e| WalError::io("syncing", &path, e))?;
+        crate::crashpoint::hit("wal-synced");
         metrics::histogram!("tollstream_collector_wal_fsync_seconds")
             .record(started.elapsed().as_secs_f64());
         metrics::counter!("tollstream_collector_wal_bytes_total").increment(self.buf.len() as u64);
@@ -529,6 +531,7 @@ impl Writer {
         }
         // The marks of the records about to go must outlive them.
         snapshot::store(&self.dir, &self.high_water, self.next_seq - 1)?;
+        crate::crashpoint::hit("wal-snapshot-stored");
         for _ in 0..deletable {
             let path = self.segments[0].path.clone();
             let len = std::fs::metadata(&path).map_or(0, |m| m.len());

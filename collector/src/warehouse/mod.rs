@@ -310,6 +310,7 @@ impl<W: Warehouse> Loader<W> {
             info!(stream = %self.stream, objects = backlog.len(), "Loading archive objects not yet in the warehouse.");
         }
         for object in backlog {
+            crate::crashpoint::hit("recovery-catch-up");
             loaded = self.load_until_done(object, loaded).await;
         }
         while let Some(object) = self.objects.recv().await {

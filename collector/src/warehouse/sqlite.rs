@@ -253,7 +253,9 @@ impl Warehouse for SqliteWarehouse {
         .map_err(sql("update manifest"))?;
         // Durable before the commit: a recorded load always has its errors object.
         outcome.errors_object = job.write_rejected(&rejected)?;
+        crate::crashpoint::hit("load-uncommitted");
         tx.commit().map_err(sql("commit"))?;
+        crate::crashpoint::hit("load-committed");
         Ok(outcome)
     }
 }

@@ -3,6 +3,7 @@
 //!
 //! Build the binaries first: `cargo build --workspace --bins && cargo test --workspace`.
 
+mod crashes;
 mod disk;
 mod faults;
 mod files;
