@@ -303,7 +303,9 @@ impl PostgresWarehouse {
         .map_err(pg("update manifest"))?;
         // Durable before the commit: a recorded load always has its errors object.
         outcome.errors_object = job.write_rejected(&rejected)?;
+        crate::crashpoint::hit("load-uncommitted");
         tx.commit().await.map_err(pg("commit"))?;
+        crate::crashpoint::hit("load-committed");
         Ok(outcome)
     }
 }
