@@ -102,3 +102,44 @@ fn postgres_down_at_start_and_mid_stream_loses_and_duplicates_nothing() -> anyho
     pipeline.stop()?;
     pipeline.assert_exactly_once(&written)
 }
+
+/// The collector SIGKILLs itself in the middle of a PostgreSQL load — after the rows, the
+/// manifest row and the errors object are written but before `COMMIT`, and again just after
+/// `COMMIT` before the loader hears of it — and is started again each time: every line once.
+#[test]
+fn collector_killed_just_before_and_just_after_a_postgres_commit_loses_and_duplicates_nothing()
+-> anyhow::Result<()> {
+    let mut pipeline = Pipeline::start_postgres(TestPostgres::start()?)?;
+    let mut writer = pipeline.writer(LINES, 0)?;
+    writer.write(20_000)?;
+    pipeline.wait_rows_at_least(10_000)?;
+    for point in ["load-uncommitted:2", "load-committed:2"] {
+        pipeline.collector.kill()?;
+        pipeline
+            .collector
+            .start_with_env(&[("TOLLSTREAM_CRASH_AT", point)])?;
+        // Lines keep coming until the collector has killed itself at its second load.
+        let mut rounds = 0;
+        while pipeline.collector.is_running() {
+            anyhow::ensure!(rounds < 30, "the collector never reached {point}");
+            if !writer.is_finished() {
+                writer.write(5_000)?;
+            }
+            std::thread::sleep(Duration::from_millis(500));
+            rounds += 1;
+        }
+        let status = pipeline.collector.try_exit();
+        assert!(
+            status.is_some_and(|s| !s.success()),
+            "{point}: the collector died by its crash point, got {status:?}"
+        );
+        pipeline.collector.start()?;
+        pipeline.wait_collector_ready()?;
+    }
+    writer.write_all()?;
+    let written = writer.into_summary();
+    pipeline.wait_loaded(written.valid_lines, 0)?;
+    assert_eq!(pipeline.collector.starts(), 5);
+    pipeline.stop()?;
+    pipeline.assert_exactly_once(&written)
+}
