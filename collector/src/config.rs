@@ -12,6 +12,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+use crate::schema::SchemaConfig;
+
 /// Why a configuration could not be loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -298,6 +300,9 @@ impl Default for DiskConfig {
 pub struct StreamConfig {
     /// Warehouse table.
     pub table: String,
+    /// Line format, columns and natural key; the toll transaction schema by default.
+    #[serde(default = "SchemaConfig::toll")]
+    pub schema: SchemaConfig,
     /// When the buffer cuts an archive object.
     #[serde(default)]
     pub buffer: BufferConfig,
@@ -325,6 +330,9 @@ impl Default for BufferConfig {
     }
 }
 
+/// Tables the warehouse keeps for itself.
+const RESERVED_TABLES: [&str; 3] = ["loads", "rejected_records", "alerts"];
+
 const MIN_BUFFER_BYTES: u64 = 1 << 20;
 const MAX_BUFFER_BYTES: u64 = 128 << 20;
 const MIN_BUFFER_AGE: Duration = Duration::from_secs(1);
@@ -343,6 +351,7 @@ fn default_streams() -> BTreeMap<String, StreamConfig> {
         "toll-transactions".to_string(),
         StreamConfig {
             table: "toll_transactions".into(),
+            schema: SchemaConfig::toll(),
             buffer: BufferConfig::default(),
         },
     )])
@@ -441,6 +450,28 @@ impl Config {
                     "streams.{name}.table: {:?} is not a plain SQL identifier (a-z, 0-9, _)",
                     stream.table
                 )));
+            }
+            if RESERVED_TABLES.contains(&stream.table.as_str())
+                || stream.table.starts_with("tollstream_")
+            {
+                return Err(invalid(format!(
+                    "streams.{name}.table: {:?} is the name of one of the collector's own tables ({}, tollstream_*); choose another",
+                    stream.table,
+                    RESERVED_TABLES.join(", ")
+                )));
+            }
+            if let Some((other, _)) = self
+                .streams
+                .iter()
+                .find(|(other, s)| *other < name && s.table == stream.table)
+            {
+                return Err(invalid(format!(
+                    "streams.{name}.table: {:?} is also the table of stream {other}; each stream needs its own table",
+                    stream.table
+                )));
+            }
+            if let Err(message) = stream.schema.build() {
+                return Err(invalid(format!("streams.{name}.schema.{message}")));
             }
             if !(MIN_BUFFER_BYTES..=MAX_BUFFER_BYTES).contains(&stream.buffer.max_bytes) {
                 return Err(invalid(format!(
@@ -630,7 +661,7 @@ fn valid_stream_name(name: &str) -> bool {
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
 }
 
-fn valid_identifier(name: &str) -> bool {
+pub(crate) fn valid_identifier(name: &str) -> bool {
     (1..=63).contains(&name.len())
         && name
             .bytes()

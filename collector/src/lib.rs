@@ -43,7 +43,6 @@ use crate::config::Config;
 use crate::disk::DiskGuard;
 use crate::ingest::server::{ServerOptions, TlsFiles};
 use crate::ingest::{BatchLimits, BodyLimits, Budget, IngestState, TokenStore};
-use crate::schema::Schema;
 use crate::wal::{Wal, WalOptions};
 use crate::warehouse::Loader;
 
@@ -57,6 +56,51 @@ pub struct Listeners {
 
 /// Runs the collector until `shutdown` is cancelled, then drains: stops accepting, lets the
 /// WAL, buffer and loader finish what they hold (up to `shutdown_grace`), and returns.
+/// Brings every stream table to its config's definition before anything starts, so an
+/// incompatible change stops the collector with a clear message. A PostgreSQL server that
+/// cannot be reached within a few seconds is left to the loaders, which check the same
+/// when it is back (and log the refusal as an error until the config is fixed).
+async fn check_stream_tables(
+    config: &Config,
+    target: &config::WarehouseTarget,
+    warehouse: &Arc<Mutex<Box<dyn warehouse::Warehouse>>>,
+) -> anyhow::Result<()> {
+    let mut streams = Vec::new();
+    for (name, stream) in &config.streams {
+        let schema = stream
+            .schema
+            .build()
+            .map_err(|e| anyhow::anyhow!("streams.{name}.schema.{e}"))?;
+        streams.push((name.clone(), stream.table.clone(), schema));
+    }
+    let postgres = matches!(target, config::WarehouseTarget::Postgres(_));
+    let warehouse = warehouse.clone();
+    let check = tokio::task::spawn_blocking(move || {
+        let mut warehouse = warehouse.lock().unwrap_or_else(|p| p.into_inner());
+        for (name, table, schema) in &streams {
+            warehouse.prepare(name, table, schema)?;
+        }
+        Ok::<_, warehouse::WarehouseError>(())
+    });
+    let outcome = if postgres {
+        match tokio::time::timeout(std::time::Duration::from_secs(5), check).await {
+            Ok(outcome) => outcome?,
+            Err(_) => return Ok(()), // Still connecting; the loaders carry on.
+        }
+    } else {
+        check.await?
+    };
+    match outcome {
+        Err(error @ warehouse::WarehouseError::Incompatible(_)) => Err(error.into()),
+        Err(error) if !postgres => Err(error.into()),
+        Err(error) => {
+            tracing::warn!(error = %error, "Cannot prepare the warehouse now; the loaders will retry.");
+            Ok(())
+        }
+        Ok(()) => Ok(()),
+    }
+}
+
 /// Each notification of `reload` (SIGHUP) reads the agent tokens and TLS files again.
 ///
 /// # Errors
@@ -88,8 +132,8 @@ pub async fn run(
     // and accepting data (objects wait in the archive).
     let warehouse = warehouse::open(&target)
         .with_context(|| format!("opening warehouse {}", target.describe()))?;
-    let schema = Arc::new(Schema::toll());
     let warehouse = Arc::new(Mutex::new(warehouse));
+    check_stream_tables(&config, &target, &warehouse).await?;
     let archive_root = data_dir.join("archive");
     let archive = Archive::new(&archive_root);
     let tracker = TaskTracker::new();
@@ -136,10 +180,14 @@ pub async fn run(
             position_file,
             objects: objects_tx,
         };
+        let schema = stream
+            .schema
+            .build()
+            .map_err(|e| anyhow::anyhow!("streams.{name}.schema.{e}"))?;
         let loader = Loader {
             stream: name.clone(),
             table: stream.table.clone(),
-            schema: schema.clone(),
+            schema: Arc::new(schema),
             archive_root: archive_root.clone(),
             archive: archive.clone(),
             warehouse: warehouse.clone(),

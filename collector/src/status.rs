@@ -926,7 +926,7 @@ mod tests {
         .expect("position");
         let mut warehouse = SqliteWarehouse::open(&data.join("warehouse.db")).expect("db");
         warehouse
-            .prepare("toll_transactions", &Schema::toll())
+            .prepare("toll-transactions", "toll_transactions", &Schema::toll())
             .expect("prepare");
         let (index, lines) = Archive::read(&first.path).expect("read object");
         let outcome = warehouse

@@ -64,7 +64,9 @@ fn setup(pg: &TestPostgres) -> Setup {
         .expect("runtime");
     let config = pg.url().parse().expect("url");
     let mut warehouse = PostgresWarehouse::new(config, runtime.handle().clone());
-    warehouse.prepare("t", &Schema::toll()).expect("prepare");
+    warehouse
+        .prepare("s", "t", &Schema::toll())
+        .expect("prepare");
     let dir = tempfile::tempdir().expect("tempdir");
     let archive = Archive::new(&dir.path().join("archive"));
     Setup {
@@ -227,7 +229,9 @@ fn loading_an_object_again_changes_nothing() {
     // A second collector (another connection) preparing the same tables is a no-op too.
     let mut other =
         PostgresWarehouse::new(pg.url().parse().expect("url"), s._runtime.handle().clone());
-    other.prepare("t", &Schema::toll()).expect("prepared again");
+    other
+        .prepare("s", "t", &Schema::toll())
+        .expect("prepared again");
     assert_eq!(other.last_loaded("s").expect("manifest"), 8);
     drop(s.dir);
 }
@@ -329,7 +333,7 @@ fn large_objects_stream_in_chunks_and_load_every_line() {
     let mut sqlite =
         tollstream_collector::warehouse::SqliteWarehouse::open(&s.dir.path().join("w.db"))
             .expect("sqlite");
-    sqlite.prepare("t", &Schema::toll()).expect("prepare");
+    sqlite.prepare("s", "t", &Schema::toll()).expect("prepare");
     for (name, warehouse) in [
         ("PostgreSQL", &mut s.warehouse as &mut dyn Warehouse),
         ("SQLite", &mut sqlite as &mut dyn Warehouse),
@@ -382,7 +386,7 @@ fn a_wrong_password_is_an_error_naming_the_cause_not_the_password() {
     config.password("wrong-hunter2");
     let mut warehouse = PostgresWarehouse::new(config.clone(), runtime.handle().clone());
     let error = warehouse
-        .prepare("t", &Schema::toll())
+        .prepare("s", "t", &Schema::toll())
         .expect_err("refused")
         .to_string();
     assert!(error.contains("password authentication failed"), "{error}");
@@ -390,7 +394,7 @@ fn a_wrong_password_is_an_error_naming_the_cause_not_the_password() {
     config.password(password.expect("password"));
     let mut warehouse = PostgresWarehouse::new(config, runtime.handle().clone());
     warehouse
-        .prepare("t", &Schema::toll())
+        .prepare("s", "t", &Schema::toll())
         .expect("the right password works");
 }
 

@@ -19,6 +19,7 @@
 //! A failing warehouse (locked, full, down) is retried with backoff, never skipped: the
 //! objects wait in the archive.
 
+pub mod migrate;
 mod postgres;
 mod sqlite;
 
@@ -56,6 +57,10 @@ pub enum WarehouseError {
         /// The error.
         error: tokio_postgres::Error,
     },
+    /// The stream table, or the warehouse's own tables, cannot take this config's rows
+    /// without changing what stored values mean; nothing was changed.
+    #[error("warehouse schema: {0}")]
+    Incompatible(String),
     /// A value the warehouse cannot hold.
     #[error("warehouse: {0}")]
     Invalid(String),
@@ -243,11 +248,13 @@ pub struct LoadOutcome {
 
 /// A warehouse backend. Calls run on a blocking thread.
 pub trait Warehouse: Send + 'static {
-    /// Creates the stream's tables and indexes if missing.
+    /// Creates the stream's table and indexes if missing, or brings the table to the
+    /// config's definition (see [`migrate`]), recording the new version.
     ///
     /// # Errors
-    /// Database errors.
-    fn prepare(&mut self, table: &str, schema: &Schema) -> Result<(), WarehouseError>;
+    /// Database errors; [`WarehouseError::Incompatible`] for a change that is refused.
+    fn prepare(&mut self, stream: &str, table: &str, schema: &Schema)
+    -> Result<(), WarehouseError>;
 
     /// The last WAL sequence number of `stream` that the manifest holds (0 if none).
     ///
@@ -265,8 +272,13 @@ pub trait Warehouse: Send + 'static {
 }
 
 impl<W: Warehouse + ?Sized> Warehouse for Box<W> {
-    fn prepare(&mut self, table: &str, schema: &Schema) -> Result<(), WarehouseError> {
-        (**self).prepare(table, schema)
+    fn prepare(
+        &mut self,
+        stream: &str,
+        table: &str,
+        schema: &Schema,
+    ) -> Result<(), WarehouseError> {
+        (**self).prepare(stream, table, schema)
     }
 
     fn last_loaded(&mut self, stream: &str) -> Result<u64, WarehouseError> {
@@ -331,7 +343,7 @@ impl<W: Warehouse> Loader<W> {
             let attempt = async {
                 let loaded = self
                     .blocking(|w, stream, (table, schema)| {
-                        w.prepare(table, schema)?;
+                        w.prepare(stream, table, schema)?;
                         w.last_loaded(stream)
                     })
                     .await?;
@@ -343,6 +355,12 @@ impl<W: Warehouse> Loader<W> {
             };
             match attempt.await {
                 Ok(found) => return found,
+                Err(error) if is_incompatible(&error) => {
+                    tracing::error!(stream = %self.stream, error = format!("{error:#}"), retry_in = ?delay, "The stream table cannot take this config's rows; fix the config or the table. Objects wait in the archive.");
+                    metrics::counter!("tollstream_collector_load_errors_total", "stream" => self.stream.clone()).increment(1);
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(RETRY_MAX);
+                }
                 Err(error) => {
                     warn!(stream = %self.stream, error = format!("{error:#}"), retry_in = ?delay, "Cannot prepare the warehouse, read its load manifest or list the archive; will retry.");
                     metrics::counter!("tollstream_collector_load_errors_total", "stream" => self.stream.clone()).increment(1);
@@ -425,6 +443,13 @@ impl<W: Warehouse> Loader<W> {
     }
 }
 
+fn is_incompatible(error: &anyhow::Error) -> bool {
+    matches!(
+        error.downcast_ref::<WarehouseError>(),
+        Some(WarehouseError::Incompatible(_))
+    )
+}
+
 fn record_load(stream: &str, outcome: &LoadOutcome, took: Duration) {
     let stream = stream.to_owned();
     metrics::histogram!("tollstream_collector_load_duration_seconds", "stream" => stream.clone())
@@ -480,7 +505,9 @@ mod tests {
         let blocker = root.join(crate::archive::ERRORS_DIR);
         std::fs::write(&blocker, b"in the way").expect("block the errors tree");
         let mut warehouse = SqliteWarehouse::open(&dir.path().join("w.db")).expect("open");
-        warehouse.prepare("t", &Schema::toll()).expect("prepare");
+        warehouse
+            .prepare("s", "t", &Schema::toll())
+            .expect("prepare");
         let warehouse = Arc::new(Mutex::new(warehouse));
         let (objects_tx, objects) = mpsc::channel(1);
         drop(objects_tx); // The object is found by the catch-up at start.

@@ -7,7 +7,7 @@ use std::path::Path;
 
 use rusqlite::{Connection, OptionalExtension, params};
 
-use super::{LoadJob, LoadOutcome, Warehouse, WarehouseError};
+use super::{LoadJob, LoadOutcome, Warehouse, WarehouseError, migrate};
 use crate::archive::RejectedLine;
 use crate::schema::{ColumnType, Schema, Value, format_timestamp};
 
@@ -20,6 +20,7 @@ fn sql(action: &'static str) -> impl FnOnce(rusqlite::Error) -> WarehouseError {
     move |source| WarehouseError::Sqlite { action, source }
 }
 
+/// Migration 1: the load manifest and rejected records.
 const MANIFEST: &str = "
 CREATE TABLE IF NOT EXISTS loads (
     load_id     INTEGER PRIMARY KEY,
@@ -47,13 +48,43 @@ CREATE TABLE IF NOT EXISTS rejected_records (
 );
 ";
 
+/// Migration 2: each stream table's definitions, one row per version.
+const TABLE_VERSIONS: &str = "
+CREATE TABLE IF NOT EXISTS tollstream_table_versions (
+    table_name  TEXT    NOT NULL,
+    version     INTEGER NOT NULL,
+    stream      TEXT    NOT NULL,
+    definition  TEXT    NOT NULL,
+    applied_at  TEXT    NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')),
+    PRIMARY KEY (table_name, version)
+);
+";
+
+/// Migration 3: alerts as fired (one row per alert id). Values are exact decimal text.
+const ALERTS: &str = "
+CREATE TABLE IF NOT EXISTS alerts (
+    alert_id     TEXT PRIMARY KEY,
+    rule         TEXT NOT NULL,
+    key          TEXT NOT NULL,
+    window_start TEXT,
+    window_end   TEXT,
+    month        TEXT,
+    value        TEXT NOT NULL,
+    threshold    TEXT NOT NULL,
+    fired_at     TEXT NOT NULL,
+    document     TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS alerts_fired_at ON alerts (fired_at);
+";
+
 impl SqliteWarehouse {
-    /// Opens (creating if needed) the database file and its manifest tables.
+    /// Opens (creating if needed) the database file and brings the collector's own tables
+    /// to the newest migration.
     ///
     /// # Errors
-    /// Database errors.
+    /// Database errors; a database a newer collector migrated.
     pub fn open(path: &Path) -> Result<Self, WarehouseError> {
-        let conn = Connection::open(path).map_err(sql("open"))?;
+        let mut conn = Connection::open(path).map_err(sql("open"))?;
         conn.pragma_update(None, "journal_mode", "WAL")
             .map_err(sql("set journal_mode"))?;
         conn.pragma_update(None, "synchronous", "FULL")
@@ -64,10 +95,55 @@ impl SqliteWarehouse {
             .map_err(sql("set cache_size"))?;
         conn.busy_timeout(std::time::Duration::from_secs(5))
             .map_err(sql("set busy_timeout"))?;
-        conn.execute_batch(MANIFEST)
-            .map_err(sql("create manifest tables"))?;
-        upgrade_manifest(&conn)?;
+        migrate(&mut conn)?;
         Ok(Self { conn })
+    }
+}
+
+/// Applies the migrations this database lacks, each in its own transaction.
+fn migrate(conn: &mut Connection) -> Result<(), WarehouseError> {
+    conn.execute_batch(
+        "CREATE TABLE IF NOT EXISTS tollstream_migrations (
+            version    INTEGER PRIMARY KEY,
+            name       TEXT NOT NULL,
+            applied_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')));",
+    )
+    .map_err(sql("create the migrations table"))?;
+    loop {
+        let tx = conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(sql("begin migration"))?;
+        let applied: i64 = tx
+            .query_row(
+                "SELECT COALESCE(MAX(version), 0) FROM tollstream_migrations",
+                [],
+                |r| r.get(0),
+            )
+            .map_err(sql("read migrations"))?;
+        migrate::check_not_newer(applied)?;
+        if applied == migrate::LATEST {
+            return Ok(());
+        }
+        let version = applied + 1;
+        match version {
+            1 => {
+                tx.execute_batch(MANIFEST)
+                    .map_err(sql("create manifest tables"))?;
+                upgrade_manifest(&tx)?;
+            }
+            2 => tx
+                .execute_batch(TABLE_VERSIONS)
+                .map_err(sql("create the table versions table"))?,
+            _ => tx
+                .execute_batch(ALERTS)
+                .map_err(sql("create the alerts table"))?,
+        }
+        tx.execute(
+            "INSERT INTO tollstream_migrations (version, name) VALUES (?1, ?2)",
+            params![version, migrate::MIGRATIONS[version as usize - 1]],
+        )
+        .map_err(sql("record migration"))?;
+        tx.commit().map_err(sql("commit migration"))?;
     }
 }
 
@@ -87,15 +163,78 @@ fn upgrade_manifest(conn: &Connection) -> Result<(), WarehouseError> {
     Ok(())
 }
 
-fn sql_type(ty: &ColumnType) -> &'static str {
-    match ty {
-        ColumnType::Text | ColumnType::Uuid | ColumnType::Timestamp => "TEXT",
-        ColumnType::Integer { .. } | ColumnType::Decimal { .. } => "INTEGER",
+/// SQLite's spelling of column types: no native timestamp, UUID or boolean.
+struct Dialect;
+
+impl migrate::Dialect for Dialect {
+    fn type_name(&self, ty: &ColumnType) -> &'static str {
+        match ty {
+            ColumnType::Text | ColumnType::Uuid | ColumnType::Timestamp => "TEXT",
+            ColumnType::Integer { .. } | ColumnType::Decimal { .. } | ColumnType::Boolean => {
+                "INTEGER"
+            }
+        }
+    }
+
+    fn can_drop_not_null(&self) -> bool {
+        false
     }
 }
 
+/// The stream table as it is, or none.
+fn existing_table(
+    conn: &Connection,
+    table: &str,
+) -> Result<Option<migrate::ExistingTable>, WarehouseError> {
+    let columns = conn
+        .prepare("SELECT name, type, \"notnull\" FROM pragma_table_info(?1)")
+        .map_err(sql("read table columns"))?
+        .query_map([table], |r| {
+            Ok(migrate::ExistingColumn {
+                name: r.get(0)?,
+                sql_type: r.get(1)?,
+                not_null: r.get(2)?,
+            })
+        })
+        .map_err(sql("read table columns"))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(sql("read table columns"))?;
+    if columns.is_empty() {
+        return Ok(None);
+    }
+    let recorded: Option<(i64, String)> = conn
+        .query_row(
+            "SELECT version, definition FROM tollstream_table_versions WHERE table_name = ?1 \
+             ORDER BY version DESC LIMIT 1",
+            [table],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .optional()
+        .map_err(sql("read table versions"))?;
+    let recorded = match recorded {
+        None => None,
+        Some((version, definition)) => {
+            Some((version, recorded_schema(table, version, &definition)?))
+        }
+    };
+    Ok(Some(migrate::ExistingTable { columns, recorded }))
+}
+
+/// A recorded definition read back.
+pub(super) fn recorded_schema(
+    table: &str,
+    version: i64,
+    definition: &str,
+) -> Result<Schema, WarehouseError> {
+    serde_json::from_str(definition).map_err(|e| {
+        WarehouseError::Incompatible(format!(
+            "the recorded definition of table {table} (version {version} in tollstream_table_versions) cannot be read: {e}"
+        ))
+    })
+}
+
 fn insert_sql(table: &str, schema: &Schema) -> String {
-    let columns: Vec<&str> = schema.columns.iter().map(|c| c.column).collect();
+    let columns: Vec<&str> = schema.columns.iter().map(|c| c.column.as_str()).collect();
     let params: Vec<String> = (1..=columns.len() + 3).map(|i| format!("?{i}")).collect();
     format!(
         "INSERT OR IGNORE INTO {table} ({}, source, received_at, load_id) VALUES ({})",
@@ -105,43 +244,52 @@ fn insert_sql(table: &str, schema: &Schema) -> String {
 }
 
 impl Warehouse for SqliteWarehouse {
-    fn prepare(&mut self, table: &str, schema: &Schema) -> Result<(), WarehouseError> {
-        let mut columns: Vec<String> = schema
-            .columns
-            .iter()
-            .map(|c| {
-                let unique = if c.column == schema.unique_key {
-                    " PRIMARY KEY"
-                } else {
-                    ""
-                };
-                format!("    {} {} NOT NULL{unique}", c.column, sql_type(&c.ty))
-            })
-            .collect();
-        columns.push("    source TEXT NOT NULL".into());
-        columns.push("    received_at TEXT NOT NULL".into());
-        columns.push("    load_id INTEGER NOT NULL REFERENCES loads (load_id)".into());
-        let ddl = format!(
-            "CREATE TABLE IF NOT EXISTS {table} (\n{}\n);",
-            columns.join(",\n")
-        );
-        self.conn
-            .execute_batch(&ddl)
-            .map_err(sql("create stream table"))?;
-        if let Some(first) = schema
-            .columns
-            .iter()
-            .find(|c| c.ty == ColumnType::Timestamp)
-        {
-            let index = format!(
-                "CREATE INDEX IF NOT EXISTS {table}_{0} ON {table} ({0});",
-                first.column
-            );
-            self.conn
-                .execute_batch(&index)
-                .map_err(sql("create index"))?;
+    fn prepare(
+        &mut self,
+        stream: &str,
+        table: &str,
+        schema: &Schema,
+    ) -> Result<(), WarehouseError> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(sql("begin"))?;
+        let existing = existing_table(&tx, table)?;
+        let plan = migrate::plan(stream, table, schema, existing.as_ref(), &Dialect)?;
+        let version = match plan {
+            migrate::Plan::Unchanged => None,
+            migrate::Plan::Create => {
+                tx.execute_batch(&migrate::create_table_sql(table, schema, &Dialect))
+                    .map_err(sql("create stream table"))?;
+                Some(1)
+            }
+            migrate::Plan::Change {
+                version,
+                add,
+                drop_not_null,
+            } => {
+                for statement in migrate::alter_sql(table, &add, &drop_not_null, &Dialect) {
+                    tx.execute_batch(&statement)
+                        .map_err(sql("change stream table"))?;
+                }
+                if !add.is_empty() {
+                    tracing::info!(stream, table, version, columns = ?add.iter().map(|c| &c.column).collect::<Vec<_>>(), "Added the config's new columns to the stream table.");
+                }
+                Some(version)
+            }
+        };
+        tx.execute_batch(&migrate::index_sql(table, schema))
+            .map_err(sql("create indexes"))?;
+        if let Some(version) = version {
+            let definition = serde_json::to_string(schema)
+                .map_err(|e| WarehouseError::Invalid(format!("recording the schema: {e}")))?;
+            tx.execute(
+                "INSERT INTO tollstream_table_versions (table_name, version, stream, definition) VALUES (?1, ?2, ?3, ?4)",
+                params![table, version, stream, definition],
+            )
+            .map_err(sql("record table version"))?;
         }
-        Ok(())
+        tx.commit().map_err(sql("commit"))
     }
 
     fn last_loaded(&mut self, stream: &str) -> Result<u64, WarehouseError> {
@@ -269,6 +417,8 @@ fn bind(
         Value::Text(text) => stmt.raw_bind_parameter(index, text.as_str()),
         Value::Integer(n) => stmt.raw_bind_parameter(index, *n),
         Value::Timestamp(ts) => stmt.raw_bind_parameter(index, format_timestamp(*ts)),
+        Value::Boolean(b) => stmt.raw_bind_parameter(index, *b),
+        Value::Null => stmt.raw_bind_parameter(index, rusqlite::types::Null),
     }
 }
 
@@ -335,7 +485,9 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let (archive, object) = archive_with_bad_lines(&dir.path().join("archive"));
         let mut warehouse = SqliteWarehouse::open(&dir.path().join("w.db")).expect("open");
-        warehouse.prepare("t", &Schema::toll()).expect("prepare");
+        warehouse
+            .prepare("s", "t", &Schema::toll())
+            .expect("prepare");
         let outcome = load(&mut warehouse, &archive, &object).expect("loaded");
         assert_eq!((outcome.inserted, outcome.rejected), (3, 2));
         let errors = outcome.errors_object.expect("an errors object");
@@ -389,7 +541,9 @@ mod tests {
         let root = dir.path().join("archive");
         let (archive, object) = archive_with_bad_lines(&root);
         let mut warehouse = SqliteWarehouse::open(&dir.path().join("w.db")).expect("open");
-        warehouse.prepare("t", &Schema::toll()).expect("prepare");
+        warehouse
+            .prepare("s", "t", &Schema::toll())
+            .expect("prepare");
         // A file where the errors tree should be: every write under it fails.
         std::fs::write(root.join(crate::archive::ERRORS_DIR), b"in the way").expect("block");
         let error = load(&mut warehouse, &archive, &object).expect_err("the load fails");
@@ -429,7 +583,9 @@ mod tests {
         };
         let object = archive.write("s", &[record]).expect("written");
         let mut warehouse = SqliteWarehouse::open(&dir.path().join("w.db")).expect("open");
-        warehouse.prepare("t", &Schema::toll()).expect("prepare");
+        warehouse
+            .prepare("s", "t", &Schema::toll())
+            .expect("prepare");
         let outcome = load(&mut warehouse, &archive, &object).expect("loaded");
         assert_eq!((outcome.inserted, outcome.errors_object), (1, None));
         assert!(!dir.path().join("archive").join("errors").exists());
