@@ -348,6 +348,9 @@ pub struct CollectorSetup {
     pub warehouse_url: Option<String>,
     /// `warehouse.password_file`, if any.
     pub warehouse_password_file: Option<PathBuf>,
+    /// More streams after the toll stream: YAML entries indented by two spaces, as they
+    /// go under `streams:`.
+    pub extra_streams: String,
 }
 
 impl Default for CollectorSetup {
@@ -361,6 +364,7 @@ impl Default for CollectorSetup {
             extra: String::new(),
             warehouse_url: None,
             warehouse_password_file: None,
+            extra_streams: String::new(),
         }
     }
 }
@@ -400,6 +404,8 @@ pub struct AgentSetup {
     pub collector_host: &'static str,
     /// `collector.ca_file`: trust this CA and send over `https://`.
     pub collector_ca_file: Option<PathBuf>,
+    /// The flow's collector stream.
+    pub stream: &'static str,
 }
 
 impl Default for AgentSetup {
@@ -408,6 +414,7 @@ impl Default for AgentSetup {
             collector_port: 0,
             metrics_port: None,
             paths: vec!["logs/*.log".into()],
+            stream: "toll-transactions",
             batch_max_age: "100ms",
             batch_max_records: 5000,
             start_at: "beginning",
@@ -446,7 +453,7 @@ pub fn write_collector_config(dir: &Path, setup: &CollectorSetup) -> anyhow::Res
     let text = format!(
         "listen: 127.0.0.1:{}\n{metrics}data_dir: {data_dir}\nauth:\n  agent_tokens_file: agent-tokens\n\
          warehouse:\n  url: {:?}\n{}streams:\n  toll-transactions:\n    table: toll_transactions\n\
-         \x20   buffer: {{ max_bytes: {}, max_age: {} }}\n{}",
+         \x20   buffer: {{ max_bytes: {}, max_age: {} }}\n{}{}",
         setup.port,
         setup
             .warehouse_url
@@ -459,6 +466,7 @@ pub fn write_collector_config(dir: &Path, setup: &CollectorSetup) -> anyhow::Res
             .unwrap_or_default(),
         setup.buffer_max_bytes,
         setup.buffer_max_age,
+        setup.extra_streams,
         setup.extra
     );
     let path = dir.join("collector.yaml");
@@ -499,11 +507,12 @@ pub fn write_agent_config(dir: &Path, setup: &AgentSetup) -> anyhow::Result<Path
         .unwrap_or_default();
     let text = format!(
         "agent_id: e2e-booth\nstate_dir: agent-state\n{metrics}collector:\n  url: {scheme}://{}:{}\n  token_file: agent.token\n{collector_extra}\
-         poll_interval: {}\n{rescan}rotate_wait: 1s\nflows:\n  - stream: toll-transactions\n    paths: [{}]\n    exclude: [{}]\n\
+         poll_interval: {}\n{rescan}rotate_wait: 1s\nflows:\n  - stream: {}\n    paths: [{}]\n    exclude: [{}]\n\
          \x20   start_at: {}\n    batch: {{ max_records: {}, max_bytes: 1MiB, max_age: {} }}\n{multiline}{}",
         setup.collector_host,
         setup.collector_port,
         setup.poll_interval,
+        setup.stream,
         paths.join(", "),
         exclude.join(", "),
         setup.start_at,

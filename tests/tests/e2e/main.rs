@@ -14,3 +14,4 @@ mod model;
 mod pipeline;
 mod postgres;
 mod scale;
+mod schemas;
