@@ -233,14 +233,63 @@ pub(super) fn recorded_schema(
     })
 }
 
-fn insert_sql(table: &str, schema: &Schema) -> String {
+/// Rows per multi-row `INSERT`: up to 64, within SQLite's 32,766 bound parameters.
+fn rows_per_insert(columns: usize) -> usize {
+    (30_000 / columns.max(1)).clamp(1, 64)
+}
+
+/// `INSERT OR IGNORE` of `rows` rows: `?1` source, `?2` receive time, `?3` load id (shared
+/// by the rows of one WAL record), then each row's values.
+fn insert_sql(table: &str, schema: &Schema, rows: usize) -> String {
+    use std::fmt::Write as _;
     let columns: Vec<&str> = schema.columns.iter().map(|c| c.column.as_str()).collect();
-    let params: Vec<String> = (1..=columns.len() + 3).map(|i| format!("?{i}")).collect();
-    format!(
-        "INSERT OR IGNORE INTO {table} ({}, source, received_at, load_id) VALUES ({})",
-        columns.join(", "),
-        params.join(", ")
-    )
+    let mut sql = format!(
+        "INSERT OR IGNORE INTO {table} ({}, source, received_at, load_id) VALUES ",
+        columns.join(", ")
+    );
+    let mut param = 4;
+    for row in 0..rows {
+        sql.push_str(if row == 0 { "(" } else { ", (" });
+        for _ in &columns {
+            let _ = write!(sql, "?{param}, ");
+            param += 1;
+        }
+        sql.push_str("?1, ?2, ?3)");
+    }
+    sql
+}
+
+/// Inserts the rows in `pending` (values, row after row) with one statement, counting
+/// inserted rows and duplicates; empties `pending`.
+fn insert_rows(
+    tx: &rusqlite::Transaction<'_>,
+    job: &LoadJob<'_>,
+    record: &super::RecordLines<'_>,
+    load_id: i64,
+    pending: &mut Vec<Value>,
+    outcome: &mut LoadOutcome,
+) -> Result<(), WarehouseError> {
+    let columns = job.schema.columns.len();
+    let rows = pending.len() / columns;
+    if rows == 0 {
+        return Ok(());
+    }
+    let mut insert = tx
+        .prepare_cached(&insert_sql(job.table, job.schema, rows))
+        .map_err(sql("prepare insert"))?;
+    insert
+        .raw_bind_parameter(1, record.source)
+        .and_then(|()| insert.raw_bind_parameter(2, record.received_at.as_str()))
+        .and_then(|()| insert.raw_bind_parameter(3, load_id))
+        .map_err(sql("bind rows"))?;
+    for (i, value) in pending.iter().enumerate() {
+        bind(&mut insert, i + 4, value).map_err(sql("bind rows"))?;
+    }
+    let inserted = insert.raw_execute().map_err(sql("insert rows"))? as u64;
+    outcome.inserted += inserted;
+    outcome.duplicates += rows as u64 - inserted;
+    pending.clear();
+    Ok(())
 }
 
 impl Warehouse for SqliteWarehouse {
@@ -335,59 +384,69 @@ impl Warehouse for SqliteWarehouse {
         let mut outcome = LoadOutcome::default();
         let mut rejected = Vec::new();
         {
-            let mut insert = tx
-                .prepare_cached(&insert_sql(job.table, job.schema))
-                .map_err(sql("prepare insert"))?;
+            let columns = job.schema.columns.len();
+            let full_batch = rows_per_insert(columns);
             let mut reject = tx
                 .prepare_cached(
                     "INSERT INTO rejected_records (load_id, stream, source, source_offset, received_at, reason, line) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
                 )
                 .map_err(sql("prepare reject"))?;
-            let mut values = Vec::with_capacity(job.schema.columns.len());
-            let columns = job.schema.columns.len();
-            job.for_each_line(|line| {
-                let received_at = line.received_at;
-                match job.schema.parse(line.line, &mut values) {
-                    Ok(()) => {
-                        // Bound in place: no per-row vector or string copies.
-                        for (i, value) in values.iter().enumerate() {
-                            bind(&mut insert, i + 1, value).map_err(sql("bind row"))?;
-                        }
-                        let bound = insert
-                            .raw_bind_parameter(columns + 1, line.source)
-                            .and_then(|()| insert.raw_bind_parameter(columns + 2, received_at))
-                            .and_then(|()| insert.raw_bind_parameter(columns + 3, load_id));
-                        bound.map_err(sql("bind row"))?;
-                        match insert.raw_execute().map_err(sql("insert row"))? {
-                            0 => outcome.duplicates += 1,
-                            _ => outcome.inserted += 1,
-                        }
+            // Parsed values of the rows waiting for the next multi-row insert.
+            let mut pending: Vec<Value> = Vec::with_capacity(full_batch * columns);
+            let mut values = Vec::with_capacity(columns);
+            for record in job.records() {
+                let mut failed = None;
+                record.for_each_line(|line| {
+                    if failed.is_some() {
+                        return;
                     }
-                    Err(reason) => {
-                        let offset = line.offset.map(|o| o as i64);
-                        reject
-                            .execute(params![
+                    match job.schema.parse(line.line, &mut values) {
+                        Ok(()) => {
+                            pending.append(&mut values);
+                            if pending.len() == full_batch * columns
+                                && let Err(error) = insert_rows(
+                                    &tx,
+                                    job,
+                                    &record,
+                                    load_id,
+                                    &mut pending,
+                                    &mut outcome,
+                                )
+                            {
+                                failed = Some(error);
+                            }
+                        }
+                        Err(reason) => {
+                            let offset = line.offset.map(|o| o as i64);
+                            if let Err(error) = reject.execute(params![
                                 load_id,
                                 job.stream,
                                 line.source,
                                 offset,
-                                received_at,
+                                line.received_at,
                                 reason,
                                 line.line
-                            ])
-                            .map_err(sql("insert rejected record"))?;
-                        outcome.rejected += 1;
-                        rejected.push(RejectedLine::new(
-                            line.source,
-                            line.offset,
-                            received_at,
-                            reason,
-                            line.line,
-                        ));
+                            ]) {
+                                failed = Some(sql("insert rejected record")(error));
+                                return;
+                            }
+                            outcome.rejected += 1;
+                            rejected.push(RejectedLine::new(
+                                line.source,
+                                line.offset,
+                                line.received_at,
+                                reason,
+                                line.line,
+                            ));
+                        }
                     }
+                });
+                if let Some(error) = failed {
+                    return Err(error);
                 }
-                Ok::<(), WarehouseError>(())
-            })?;
+                // Rows of one WAL record share its source and receive time.
+                insert_rows(&tx, job, &record, load_id, &mut pending, &mut outcome)?;
+            }
         }
         tx.execute(
             "UPDATE loads SET inserted = ?1, duplicates = ?2, rejected = ?3 WHERE load_id = ?4",
