@@ -46,6 +46,7 @@ use crate::ingest::{BatchLimits, BodyLimits, Budget, IngestState, TokenStore};
 use crate::schema::Schema;
 use crate::wal::{Wal, WalOptions};
 use crate::warehouse::Loader;
+use crate::warehouse::progress::{self, LoadProgress, Mask, refresh_every};
 
 /// Sockets the collector serves on, bound by the caller (tests bind port 0).
 pub struct Listeners {
@@ -93,6 +94,8 @@ pub async fn run(
     let archive_root = data_dir.join("archive");
     let archive = Archive::new(&archive_root);
     let tracker = TaskTracker::new();
+    let mask = Mask::for_target(&target);
+    let mut loads = Vec::new();
     let mut wals = HashMap::new();
     let mut writer_threads = Vec::new();
     for (name, stream) in &config.streams {
@@ -136,7 +139,10 @@ pub async fn run(
             position_file,
             objects: objects_tx,
         };
+        let progress = LoadProgress::new(name, clock.clone(), mask.clone());
+        loads.push(progress.clone());
         let loader = Loader {
+            progress,
             stream: name.clone(),
             table: stream.table.clone(),
             schema: schema.clone(),
@@ -166,6 +172,7 @@ pub async fn run(
             .collect(),
         wal_max_bytes: config.wal.max_bytes,
         disk: disk.clone(),
+        warehouse: loads.clone(),
     });
     let ingest = &config.ingest;
     let state = Arc::new(IngestState {
@@ -189,6 +196,11 @@ pub async fn run(
     // Background tasks that end with the server rather than drain with the pipeline.
     let side = CancellationToken::new();
     tokio::spawn(disk.clone().watch(side.clone()));
+    tokio::spawn(refresh_every(
+        loads,
+        progress::REFRESH_INTERVAL,
+        side.clone(),
+    ));
     tokio::spawn(reload_on_signal(reload, tokens, tls.clone(), side.clone()));
     let options = ServerOptions {
         max_connections: ingest.max_connections,
