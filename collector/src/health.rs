@@ -1,5 +1,8 @@
-//! `/healthz` (the process serves) and `/readyz` (it can take batches now), with a JSON body
-//! that says what is wrong.
+//! `/healthz` (the process serves) and `/readyz` (it does its whole job now: takes batches
+//! and loads them), with a JSON body that says what is wrong.
+//!
+//! A failing warehouse makes `/readyz` fail too although ingest still takes batches (they
+//! wait in the WAL and the archive): the problem text says so, for the operator who looks.
 
 use std::sync::Arc;
 
@@ -11,6 +14,7 @@ use serde_json::json;
 
 use crate::disk::DiskGuard;
 use crate::wal::DiskUsage;
+use crate::warehouse::LoadProgress;
 
 /// What readiness looks at. It holds no WAL handle: a health request left hanging must
 /// not keep a WAL writer from stopping at shutdown.
@@ -21,10 +25,13 @@ pub struct Readiness {
     pub wal_max_bytes: u64,
     /// Free space of the data directory.
     pub disk: Arc<DiskGuard>,
+    /// Each stream's loader: failing while its last warehouse attempt failed.
+    pub warehouse: Vec<Arc<LoadProgress>>,
 }
 
 impl Readiness {
-    /// The problems that make ingest refuse batches now; empty when ready.
+    /// The problems that make ingest refuse batches, or the warehouse lag, now; empty when
+    /// ready.
     pub fn problems(&self) -> Vec<String> {
         let mut problems = Vec::new();
         if self.disk.is_low() {
@@ -43,6 +50,7 @@ impl Readiness {
                 ));
             }
         }
+        problems.extend(self.warehouse.iter().filter_map(|p| p.problem()));
         problems
     }
 }
@@ -72,4 +80,54 @@ pub fn router(readiness: Arc<Readiness>) -> Router {
                 }
             }),
         )
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::body::Body;
+    use axum::http::Request;
+    use http_body_util::BodyExt;
+    use tower::ServiceExt;
+
+    use super::*;
+    use crate::clock::FakeClock;
+    use crate::warehouse::progress::Mask;
+
+    async fn readyz(app: &Router) -> (u16, serde_json::Value) {
+        let request = Request::get("/readyz")
+            .body(Body::empty())
+            .expect("request");
+        let response = app.clone().oneshot(request).await.expect("response");
+        let status = response.status().as_u16();
+        let body = response.into_body().collect().await.expect("body");
+        let json = serde_json::from_slice(&body.to_bytes()).expect("JSON");
+        (status, json)
+    }
+
+    #[tokio::test]
+    async fn readyz_fails_while_the_warehouse_fails_and_recovers_at_the_first_success() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let clock = FakeClock::new("2026-11-29T10:00:00Z".parse().expect("time"));
+        let progress = LoadProgress::new("toll", Arc::new(clock), Mask::default());
+        let app = router(Arc::new(Readiness {
+            streams: Vec::new(),
+            wal_max_bytes: u64::MAX,
+            disk: DiskGuard::new(dir.path(), 0),
+            warehouse: vec![progress.clone()],
+        }));
+        assert_eq!(readyz(&app).await.0, 200);
+        progress.failed("warehouse connect: error connecting to server: Connection refused");
+        progress.failed("warehouse connect: error connecting to server: Connection refused");
+        let (status, body) = readyz(&app).await;
+        assert_eq!(status, 503);
+        assert_eq!(body["status"], "unavailable");
+        assert_eq!(
+            body["problems"][0],
+            "stream toll: warehouse unavailable since 2026-11-29T10:00:00Z (2 failed attempts, \
+             last error: warehouse connect: error connecting to server: Connection refused); \
+             ingest still accepts batches, which wait in the WAL and the archive"
+        );
+        progress.loaded(None, None);
+        assert_eq!(readyz(&app).await, (200, json!({ "status": "ready" })));
+    }
 }

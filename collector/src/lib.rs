@@ -45,6 +45,7 @@ use crate::ingest::server::{ServerOptions, TlsFiles};
 use crate::ingest::{BatchLimits, BodyLimits, Budget, IngestState, TokenStore};
 use crate::wal::{Wal, WalOptions};
 use crate::warehouse::Loader;
+use crate::warehouse::progress::{self, LoadProgress, Mask, refresh_every};
 
 /// Sockets the collector serves on, bound by the caller (tests bind port 0).
 pub struct Listeners {
@@ -137,6 +138,8 @@ pub async fn run(
     let archive_root = data_dir.join("archive");
     let archive = Archive::new(&archive_root);
     let tracker = TaskTracker::new();
+    let mask = Mask::for_target(&target);
+    let mut loads = Vec::new();
     let mut wals = HashMap::new();
     let mut writer_threads = Vec::new();
     for (name, stream) in &config.streams {
@@ -184,7 +187,10 @@ pub async fn run(
             .schema
             .build()
             .map_err(|e| anyhow::anyhow!("streams.{name}.schema.{e}"))?;
+        let progress = LoadProgress::new(name, clock.clone(), mask.clone());
+        loads.push(progress.clone());
         let loader = Loader {
+            progress,
             stream: name.clone(),
             table: stream.table.clone(),
             schema: Arc::new(schema),
@@ -214,6 +220,7 @@ pub async fn run(
             .collect(),
         wal_max_bytes: config.wal.max_bytes,
         disk: disk.clone(),
+        warehouse: loads.clone(),
     });
     let ingest = &config.ingest;
     let state = Arc::new(IngestState {
@@ -237,6 +244,11 @@ pub async fn run(
     // Background tasks that end with the server rather than drain with the pipeline.
     let side = CancellationToken::new();
     tokio::spawn(disk.clone().watch(side.clone()));
+    tokio::spawn(refresh_every(
+        loads,
+        progress::REFRESH_INTERVAL,
+        side.clone(),
+    ));
     tokio::spawn(reload_on_signal(reload, tokens, tls.clone(), side.clone()));
     let options = ServerOptions {
         max_connections: ingest.max_connections,

@@ -136,6 +136,29 @@ fn describe() {
         Unit::Bytes,
         "Memory held by requests in progress (limit: ingest.max_buffered_bytes)."
     );
+    describe_gauge!(
+        "tollstream_collector_warehouse_freshness_seconds",
+        Unit::Seconds,
+        "Age of the newest loaded record's receive time: how far the warehouse is behind the collector. Grows while nothing is loaded, also when nothing arrives."
+    );
+    describe_gauge!(
+        "tollstream_collector_warehouse_last_load_timestamp_seconds",
+        Unit::Seconds,
+        "Unix time of the last load this process committed."
+    );
+    describe_gauge!(
+        "tollstream_collector_warehouse_up",
+        "1 if the loader's last attempt to reach the warehouse (prepare, read the manifest, load) succeeded, 0 while it fails."
+    );
+    describe_gauge!(
+        "tollstream_collector_warehouse_backlog_objects",
+        "Archive objects written and not yet loaded into the warehouse."
+    );
+    describe_histogram!(
+        "tollstream_collector_warehouse_load_lag_seconds",
+        Unit::Seconds,
+        "Per loaded object: time from receiving its oldest record to the commit of its load."
+    );
     describe_histogram!(
         "tollstream_collector_load_duration_seconds",
         Unit::Seconds,

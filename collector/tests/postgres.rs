@@ -9,7 +9,7 @@ use tollstream_collector::archive::{Archive, ArchiveObject, ERRORS_DIR};
 use tollstream_collector::schema::Schema;
 use tollstream_collector::wal::WalRecord;
 use tollstream_collector::warehouse::{
-    LoadJob, LoadOutcome, Loader, PostgresWarehouse, Warehouse, WarehouseError,
+    LoadJob, LoadOutcome, LoadProgress, Loader, PostgresWarehouse, Warehouse, WarehouseError,
 };
 use tollstream_tests::postgres::TestPostgres;
 
@@ -427,6 +427,11 @@ fn the_loader_waits_for_a_server_that_is_down_and_loads_everything_once_it_is_up
         archive: archive.clone(),
         warehouse: warehouse.clone(),
         objects,
+        progress: LoadProgress::new(
+            "s",
+            Arc::new(tollstream_collector::clock::SystemClock),
+            Default::default(),
+        ),
     };
     let running = runtime.spawn(loader.run());
     std::thread::sleep(Duration::from_millis(1500));

@@ -21,6 +21,7 @@
 
 pub mod migrate;
 mod postgres;
+pub mod progress;
 mod sqlite;
 
 use std::path::PathBuf;
@@ -32,6 +33,7 @@ use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
 pub use postgres::PostgresWarehouse;
+pub use progress::LoadProgress;
 pub use sqlite::SqliteWarehouse;
 
 use crate::archive::{Archive, ArchiveObject, IndexEntry, RejectedLine};
@@ -262,6 +264,17 @@ pub trait Warehouse: Send + 'static {
     /// Database errors.
     fn last_loaded(&mut self, stream: &str) -> Result<u64, WarehouseError>;
 
+    /// The receive time of the newest record in `stream`'s newest manifest row, as the
+    /// warehouse stores times (`None` if nothing was loaded): where freshness starts from
+    /// when the collector starts. The default knows nothing.
+    ///
+    /// # Errors
+    /// Database errors.
+    fn newest_received_at(&mut self, stream: &str) -> Result<Option<String>, WarehouseError> {
+        let _ = stream;
+        Ok(None)
+    }
+
     /// Loads one object atomically with its manifest row, writing its rejected lines with
     /// [`LoadJob::write_rejected`] before committing.
     ///
@@ -285,6 +298,10 @@ impl<W: Warehouse + ?Sized> Warehouse for Box<W> {
         (**self).last_loaded(stream)
     }
 
+    fn newest_received_at(&mut self, stream: &str) -> Result<Option<String>, WarehouseError> {
+        (**self).newest_received_at(stream)
+    }
+
     fn load(&mut self, job: &LoadJob<'_>) -> Result<LoadOutcome, WarehouseError> {
         (**self).load(job)
     }
@@ -306,6 +323,8 @@ pub struct Loader<W: Warehouse> {
     pub warehouse: Arc<Mutex<W>>,
     /// New objects from the buffer.
     pub objects: mpsc::Receiver<ArchiveObject>,
+    /// Where the loader reports what it loaded and what fails (gauges, `/readyz`).
+    pub progress: Arc<LoadProgress>,
 }
 
 const RETRY_MIN: Duration = Duration::from_millis(200);
@@ -321,14 +340,22 @@ impl<W: Warehouse> Loader<W> {
         if !backlog.is_empty() {
             info!(stream = %self.stream, objects = backlog.len(), "Loading archive objects not yet in the warehouse.");
         }
+        // The backlog: objects listed at start and not loaded yet, the one being loaded,
+        // and those the buffer has queued (at most one more waits in the buffer itself).
+        let mut listed = backlog.len();
         for object in backlog {
             crate::crashpoint::hit("recovery-catch-up");
+            self.progress.backlog(listed + self.objects.len());
             loaded = self.load_until_done(object, loaded).await;
+            listed -= 1;
         }
+        self.progress.backlog(self.objects.len());
         while let Some(object) = self.objects.recv().await {
             if object.last_seq > loaded {
+                self.progress.backlog(1 + self.objects.len());
                 loaded = self.load_until_done(object, loaded).await;
             }
+            self.progress.backlog(self.objects.len());
         }
         info!(stream = %self.stream, last_loaded_seq = loaded, "Loader stopped.");
         Ok(())
@@ -341,12 +368,15 @@ impl<W: Warehouse> Loader<W> {
         let mut delay = RETRY_MIN;
         loop {
             let attempt = async {
-                let loaded = self
+                let (loaded, newest) = self
                     .blocking(|w, stream, (table, schema)| {
                         w.prepare(stream, table, schema)?;
-                        w.last_loaded(stream)
+                        Ok((w.last_loaded(stream)?, w.newest_received_at(stream)?))
                     })
                     .await?;
+                // The warehouse answered; listing the archive is the collector's own work.
+                self.progress
+                    .reached(newest.and_then(|t| t.parse::<Timestamp>().ok()));
                 let (archive, stream) = (self.archive.clone(), self.stream.clone());
                 let backlog =
                     tokio::task::spawn_blocking(move || archive.list_after(&stream, loaded))
@@ -357,12 +387,14 @@ impl<W: Warehouse> Loader<W> {
                 Ok(found) => return found,
                 Err(error) if is_incompatible(&error) => {
                     tracing::error!(stream = %self.stream, error = format!("{error:#}"), retry_in = ?delay, "The stream table cannot take this config's rows; fix the config or the table. Objects wait in the archive.");
+                    self.progress.failed(&format!("{error:#}"));
                     metrics::counter!("tollstream_collector_load_errors_total", "stream" => self.stream.clone()).increment(1);
                     tokio::time::sleep(delay).await;
                     delay = (delay * 2).min(RETRY_MAX);
                 }
                 Err(error) => {
                     warn!(stream = %self.stream, error = format!("{error:#}"), retry_in = ?delay, "Cannot prepare the warehouse, read its load manifest or list the archive; will retry.");
+                    self.progress.failed(&format!("{error:#}"));
                     metrics::counter!("tollstream_collector_load_errors_total", "stream" => self.stream.clone()).increment(1);
                     tokio::time::sleep(delay).await;
                     delay = (delay * 2).min(RETRY_MAX);
@@ -380,13 +412,17 @@ impl<W: Warehouse> Loader<W> {
         loop {
             let started = tokio::time::Instant::now();
             match self.load_once(&object).await {
-                Ok(outcome) => {
+                Ok((outcome, (oldest, newest))) => {
                     record_load(&self.stream, &outcome, started.elapsed());
+                    let time = |us| Timestamp::from_microsecond(us).ok();
+                    self.progress
+                        .loaded(oldest.and_then(time), newest.and_then(time));
                     debug!(stream = %self.stream, path = %object.path.display(), ?outcome, "Loaded.");
                     return object.last_seq;
                 }
                 Err(error) => {
                     warn!(stream = %self.stream, path = %object.path.display(), error = format!("{error:#}"), retry_in = ?delay, "Load failed; will retry.");
+                    self.progress.failed(&format!("{error:#}"));
                     metrics::counter!("tollstream_collector_load_errors_total", "stream" => self.stream.clone()).increment(1);
                     tokio::time::sleep(delay).await;
                     delay = (delay * 2).min(RETRY_MAX);
@@ -395,7 +431,12 @@ impl<W: Warehouse> Loader<W> {
         }
     }
 
-    async fn load_once(&self, object: &ArchiveObject) -> anyhow::Result<LoadOutcome> {
+    /// Loads `object` once; returns what the load did and the receive times (µs) of the
+    /// object's oldest and newest record.
+    async fn load_once(
+        &self,
+        object: &ArchiveObject,
+    ) -> anyhow::Result<(LoadOutcome, (Option<i64>, Option<i64>))> {
         let name = object
             .path
             .strip_prefix(&self.archive_root)
@@ -407,7 +448,9 @@ impl<W: Warehouse> Loader<W> {
         let outcome = self
             .blocking(move |w, stream, (table, schema)| {
                 let (index, data) = Archive::read(&path)?;
-                w.load(&LoadJob {
+                let received = index.iter().map(|e| e.received_at_us);
+                let span = (received.clone().min(), received.max());
+                let outcome = w.load(&LoadJob {
                     stream,
                     table,
                     schema,
@@ -417,7 +460,8 @@ impl<W: Warehouse> Loader<W> {
                     index,
                     data,
                     archive: &archive,
-                })
+                })?;
+                Ok((outcome, span))
             })
             .await?;
         Ok(outcome)
@@ -511,6 +555,8 @@ mod tests {
         let warehouse = Arc::new(Mutex::new(warehouse));
         let (objects_tx, objects) = mpsc::channel(1);
         drop(objects_tx); // The object is found by the catch-up at start.
+        let clock = crate::clock::FakeClock::new("2025-11-25T17:00:00Z".parse().expect("time"));
+        let progress = LoadProgress::new("s", Arc::new(clock), progress::Mask::default());
         let loader = Loader {
             stream: "s".into(),
             table: "t".into(),
@@ -519,10 +565,23 @@ mod tests {
             archive: archive.clone(),
             warehouse: warehouse.clone(),
             objects,
+            progress: progress.clone(),
         };
         let running = tokio::spawn(loader.run());
         tokio::time::sleep(Duration::from_millis(700)).await;
         assert!(!running.is_finished(), "still retrying, not skipping");
+        let problem = progress
+            .problem()
+            .expect("/readyz reports the failing loads");
+        assert!(
+            problem.starts_with("stream s: warehouse unavailable since 2025-11-25T17:00:00Z ("),
+            "{problem}"
+        );
+        assert!(
+            problem.contains("failed attempts, last error: "),
+            "{problem}"
+        );
+        assert_eq!(progress.freshness_seconds(), None, "nothing loaded yet");
         assert_eq!(
             warehouse
                 .lock()
@@ -537,6 +596,13 @@ mod tests {
             .expect("loaded after the retry")
             .expect("task")
             .expect("loader");
+        assert_eq!(
+            progress.problem(),
+            None,
+            "ready again once the load succeeded"
+        );
+        // The record was received at 2025-11-25T17:00:00Z, the fake clock's time.
+        assert_eq!(progress.freshness_seconds(), Some(0.0));
         assert_eq!(
             warehouse
                 .lock()

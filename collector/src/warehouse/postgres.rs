@@ -421,6 +421,23 @@ impl Warehouse for PostgresWarehouse {
         self.run(async |w| w.last_loaded_async(stream).await)
     }
 
+    fn newest_received_at(&mut self, stream: &str) -> Result<Option<String>, WarehouseError> {
+        self.run(async |w| {
+            let row = w
+                .client()
+                .await?
+                .query_opt(
+                    "SELECT to_char(newest_received_at AT TIME ZONE 'UTC', \
+                     'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"') \
+                     FROM loads WHERE stream = $1 ORDER BY last_seq DESC LIMIT 1",
+                    &[&stream],
+                )
+                .await
+                .map_err(pg("read manifest"))?;
+            Ok(row.and_then(|r| r.get::<_, Option<String>>(0)))
+        })
+    }
+
     fn load(&mut self, job: &LoadJob<'_>) -> Result<LoadOutcome, WarehouseError> {
         self.run(async |w| w.load_async(job).await)
     }

@@ -353,6 +353,20 @@ impl Warehouse for SqliteWarehouse {
         Ok(u64::try_from(last).unwrap_or(0))
     }
 
+    fn newest_received_at(&mut self, stream: &str) -> Result<Option<String>, WarehouseError> {
+        let newest: Option<Option<String>> = self
+            .conn
+            .query_row(
+                "SELECT newest_received_at FROM loads WHERE stream = ?1 \
+                 ORDER BY last_seq DESC LIMIT 1",
+                [stream],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(sql("read manifest"))?;
+        Ok(newest.flatten())
+    }
+
     fn load(&mut self, job: &LoadJob<'_>) -> Result<LoadOutcome, WarehouseError> {
         let tx = self.conn.transaction().map_err(sql("begin"))?;
         let existing: Option<i64> = tx

@@ -4,7 +4,7 @@
 use std::process::Command;
 use std::time::Duration;
 
-use tollstream_tests::harness::{binary, wait_for};
+use tollstream_tests::harness::{binary, http_get, wait_for};
 use tollstream_tests::postgres::TestPostgres;
 
 use crate::fixture::{ARRIVAL_TIMEOUT, Pipeline, archive_lines};
@@ -53,9 +53,72 @@ fn every_line_written_across_three_files_lands_exactly_once_in_postgres() -> any
     Ok(())
 }
 
+/// The collector's `/readyz`: its status code and body.
+fn readyz(pipeline: &Pipeline) -> Option<(u16, String)> {
+    http_get(
+        ([127, 0, 0, 1], pipeline.collector_metrics_port).into(),
+        "/readyz",
+    )
+}
+
+/// Waits until `/readyz` says 503 with the warehouse problem and `warehouse_up` is 0; the
+/// problem never shows the password.
+fn wait_warehouse_down(pipeline: &mut Pipeline) -> anyhow::Result<()> {
+    let mut seen = None;
+    wait_for(
+        "/readyz to report the warehouse down, and warehouse_up 0",
+        ARRIVAL_TIMEOUT,
+        || {
+            seen = readyz(pipeline);
+            seen.as_ref().is_some_and(|(status, body)| {
+                *status == 503
+                    && body.contains("warehouse unavailable since")
+                    && body.contains("ingest still accepts batches")
+            }) && pipeline.collector_metric("tollstream_collector_warehouse_up", "") == Some(0.0)
+        },
+    )
+    .map_err(|e| e.context(format!("last /readyz: {seen:?}")))?;
+    let (_, body) = seen.unwrap_or_default();
+    let problem: serde_json::Value = serde_json::from_str(&body)?;
+    assert!(
+        problem["problems"][0]
+            .as_str()
+            .is_some_and(|p| p.contains("failed attempt") && p.contains("last error: warehouse")),
+        "{problem}"
+    );
+    if let (_, Some(password)) = pipeline.postgres().url_and_password() {
+        assert!(!body.contains(&password), "/readyz shows the password");
+    }
+    Ok(())
+}
+
+/// Waits until `/readyz` says 200 and `warehouse_up` is 1, with a freshness gauge.
+fn wait_warehouse_up(pipeline: &Pipeline) -> anyhow::Result<()> {
+    let mut seen = None;
+    wait_for(
+        "/readyz to be ready again, and warehouse_up 1",
+        ARRIVAL_TIMEOUT,
+        || {
+            seen = readyz(pipeline);
+            seen.as_ref().is_some_and(|(status, _)| *status == 200)
+                && pipeline.collector_metric("tollstream_collector_warehouse_up", "") == Some(1.0)
+        },
+    )
+    .map_err(|e| e.context(format!("last /readyz: {seen:?}")))?;
+    let freshness = pipeline
+        .collector_metric("tollstream_collector_warehouse_freshness_seconds", "")
+        .unwrap_or(-1.0);
+    assert!(
+        (0.0..600.0).contains(&freshness),
+        "a freshness gauge once something is loaded, got {freshness}"
+    );
+    Ok(())
+}
+
 /// The collector starts while PostgreSQL is down and accepts everything (it waits in the
 /// archive); the server comes up, goes down again mid-stream (a load fails), comes back:
-/// every line lands exactly once.
+/// every line lands exactly once. Meanwhile `/readyz` and `warehouse_up` say when the
+/// warehouse is down, and recover once a load succeeds.
 #[test]
 fn postgres_down_at_start_and_mid_stream_loses_and_duplicates_nothing() -> anyhow::Result<()> {
     let mut postgres = TestPostgres::start_cluster()?;
@@ -82,8 +145,11 @@ fn postgres_down_at_start_and_mid_stream_loses_and_duplicates_nothing() -> anyho
         Some(0.0),
         "nothing loaded yet"
     );
+    wait_warehouse_down(&mut pipeline)?;
+    // Ingest is not refused meanwhile: the agent's lines keep arriving (checked above).
     pipeline.postgres().restart()?;
     pipeline.wait_rows_at_least(60_000)?;
+    wait_warehouse_up(&pipeline)?;
     // Down again while the agent keeps shipping: loads fail and are retried.
     writer.write(70_000)?;
     pipeline.wait_rows_at_least(70_000)?;
@@ -95,10 +161,14 @@ fn postgres_down_at_start_and_mid_stream_loses_and_duplicates_nothing() -> anyho
         ARRIVAL_TIMEOUT,
         || failed_loads(&pipeline) > failed_before,
     )?;
-    std::thread::sleep(Duration::from_secs(1));
+    wait_warehouse_down(&mut pipeline)?;
     pipeline.postgres().restart()?;
     let written = writer.into_summary();
     pipeline.wait_loaded(written.valid_lines, 0)?;
+    wait_warehouse_up(&pipeline)?;
+    wait_for("an empty backlog", ARRIVAL_TIMEOUT, || {
+        pipeline.collector_metric("tollstream_collector_warehouse_backlog_objects", "") == Some(0.0)
+    })?;
     pipeline.stop()?;
     pipeline.assert_exactly_once(&written)
 }

@@ -12,11 +12,15 @@
 //!   message when no PostgreSQL server can be had.
 //! * `ingest` — 1, 10 and 100 synthetic agents send pre-compressed batches straight to a
 //!   collector (fsync, SQLite): records/s, MB/s, ack latency p50/p99, collector CPU and RSS.
+//! * `end-to-end` — toll lines written at a steady rate (5,000/s) into a watched file →
+//!   agent → collector (default configuration) → SQLite, then PostgreSQL (skipped with a
+//!   message when no server can be had): per line, write → row visible, p50/p99/max.
 //!
 //! ```text
 //! cargo build --release --workspace --bins
 //! target/release/tollbench all [--lines 5000000] [--quick] [--smoke] [--json FILE]
 //! target/release/tollbench ingest [--agents 1,10,100] [--batch-records 1000] [--in-flight 1]
+//! target/release/tollbench end-to-end [--rate 5000] [--seconds 60] [--poll-ms 25]
 //! ```
 //!
 //! One module per scenario. Wall-clock time is what a benchmark measures, so these files read
@@ -25,6 +29,7 @@
 
 mod agent_throughput;
 mod catch_up;
+mod end_to_end;
 mod ingest;
 mod references;
 
@@ -40,6 +45,7 @@ use tollstream_tests::sim::{Mode, Pacing, SimConfig, write_files};
 
 use crate::agent_throughput::agent_throughput;
 use crate::catch_up::catch_up;
+use crate::end_to_end::end_to_end;
 use crate::ingest::ingest;
 use crate::references::reference;
 
@@ -69,6 +75,16 @@ struct Args {
     /// file); 1 sends each batch only after the previous one was acknowledged.
     #[arg(long, default_value_t = 1, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=64))]
     in_flight: usize,
+    /// `end-to-end`: lines written per second.
+    #[arg(long, default_value_t = 5000.0)]
+    rate: f64,
+    /// `end-to-end`: seconds of writing per backend (default 60; 25 with --quick, 4 with
+    /// --smoke).
+    #[arg(long)]
+    seconds: Option<f64>,
+    /// `end-to-end`: how often the reader polls the warehouse, in milliseconds.
+    #[arg(long, default_value_t = 25, value_parser = clap::value_parser!(u64).range(1..=1000))]
+    poll_ms: u64,
     /// Where to write the results as JSON.
     #[arg(long, default_value = "tollbench.json")]
     json: PathBuf,
@@ -82,6 +98,7 @@ enum Scenario {
     CatchUp,
     CatchUpPostgres,
     Ingest,
+    EndToEnd,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -162,8 +179,31 @@ fn main() -> anyhow::Result<()> {
             },
         )?);
     }
+    if all || args.scenario == Scenario::EndToEnd {
+        let options = end_to_end::Options {
+            rate: if args.smoke { 1000.0 } else { args.rate },
+            seconds: args.seconds.unwrap_or(if args.smoke {
+                4.0
+            } else if args.quick {
+                25.0
+            } else {
+                60.0
+            }),
+            poll: std::time::Duration::from_millis(args.poll_ms),
+        };
+        anyhow::ensure!(
+            options.rate > 0.0 && options.seconds > 0.0,
+            "--rate and --seconds must be > 0"
+        );
+        results.push(end_to_end(dir.path(), &options, None)?);
+        match TestPostgres::start() {
+            Ok(postgres) => results.push(end_to_end(dir.path(), &options, Some(&postgres))?),
+            Err(error) => eprintln!("end-to-end on PostgreSQL skipped: {error:#}"),
+        }
+    }
     print_table(&results);
     ingest::print_table(&results);
+    end_to_end::print_table(&results);
     let report = json!({ "lines": lines, "smoke": args.smoke, "results": results });
     std::fs::write(&args.json, serde_json::to_string_pretty(&report)?)
         .with_context(|| format!("writing {}", args.json.display()))?;
