@@ -33,7 +33,9 @@ use tokio::time::Instant;
 use tollstream_tests::harness::wait_for;
 use tollstream_tests::sim::{Mode, Pacing, SimConfig, SimWriter, Summary, WriteOptions};
 
-use crate::fixture::Pipeline;
+use tollstream_tests::postgres::TestPostgres;
+
+use crate::fixture::{Pipeline, use_postgres};
 
 /// Kills per run, at least (a kill of both daemons at once counts once);
 /// `TOLLSTREAM_CRASH_KILLS` asks for more (a soak).
@@ -137,14 +139,18 @@ const SOON_AFTER_RECOVERY: (&str, std::ops::RangeInclusive<u32>) = ("wal-synced"
 /// Groups every run must have killed the collector in at least once.
 const MUST_COVER: &[Group] = &[Group::WalAck, Group::ArchiveToWarehouse, Group::Recovery];
 
-fn min_kills() -> anyhow::Result<u32> {
+/// Kills of the run on PostgreSQL, at least: the same schedule, half as long (its loads
+/// run through the same crash points; CI time is what limits it).
+const MIN_KILLS_POSTGRES: u32 = 20;
+
+fn min_kills(floor: u32) -> anyhow::Result<u32> {
     match std::env::var("TOLLSTREAM_CRASH_KILLS") {
         Ok(text) => Ok(text
             .trim()
             .parse::<u32>()
             .with_context(|| format!("TOLLSTREAM_CRASH_KILLS={text:?} is not a number"))?
-            .max(MIN_KILLS)),
-        Err(_) => Ok(MIN_KILLS),
+            .max(floor)),
+        Err(_) => Ok(floor),
     }
 }
 
@@ -507,12 +513,35 @@ const SIGKILL: i32 = 9;
 #[test]
 fn every_line_once_in_warehouse_and_archive_through_kill_9_at_random_moments_and_crash_points()
 -> anyhow::Result<()> {
+    kill_9_run(None, MIN_KILLS)
+}
+
+#[test]
+fn every_line_once_in_postgresql_and_the_archive_through_kill_9_at_random_moments_and_crash_points()
+-> anyhow::Result<()> {
+    let postgres = TestPostgres::start().context("PostgreSQL for the test")?;
+    kill_9_run(Some(postgres), MIN_KILLS_POSTGRES)
+}
+
+/// The run: the simulator writes, both daemons are killed `floor` times at least (and until
+/// every crash-point group is covered), then all drains and is checked.
+fn kill_9_run(postgres: Option<TestPostgres>, floor: u32) -> anyhow::Result<()> {
     let seed = crash_seed()?;
-    let min_kills = min_kills()?;
-    eprintln!("crashes: seed {seed} (TOLLSTREAM_CRASH_SEED={seed} replays the same schedule)");
+    let min_kills = min_kills(floor)?;
+    let on = if postgres.is_some() {
+        "PostgreSQL"
+    } else {
+        "SQLite"
+    };
+    eprintln!(
+        "crashes on {on}: seed {seed} (TOLLSTREAM_CRASH_SEED={seed} replays the same schedule)"
+    );
     let started = Instant::now();
-    let pipeline = Pipeline::start_full(
-        |_, collector| {
+    let mut pipeline = Pipeline::start_full(
+        |dir, collector| {
+            if let Some(postgres) = &postgres {
+                use_postgres(dir, collector, postgres)?;
+            }
             // Small segments, so consumed ones are deleted (and crashed in) during the run.
             collector.extra = "wal:\n  segment_bytes: 64KiB\n".into();
             // An object per second of lines (~200 KiB): archive writes and loads to crash
@@ -529,6 +558,7 @@ fn every_line_once_in_warehouse_and_archive_through_kill_9_at_random_moments_and
         },
         |_| Ok(()),
     )?;
+    pipeline.postgres = postgres;
     let paths = pipeline.log_files(FILES);
     let mut run = Run {
         pipeline,
@@ -577,7 +607,7 @@ fn every_line_once_in_warehouse_and_archive_through_kill_9_at_random_moments_and
     let drain = drained.elapsed();
     pipeline.stop()?;
     eprintln!(
-        "crashes: seed {seed}: {}; {} lines written in {:.1} s of killing, drained in {:.1} s, {:.1} s in all",
+        "crashes on {on}: seed {seed}: {}; {} lines written in {:.1} s of killing, drained in {:.1} s, {:.1} s in all",
         run.tally,
         written.total_lines,
         killing.as_secs_f64(),

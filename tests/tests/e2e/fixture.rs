@@ -71,17 +71,8 @@ impl Pipeline {
     /// maybe stopped again by the test) is the warehouse. Its password goes in a
     /// `warehouse.password_file`, as an operator would keep it.
     pub fn start_postgres(postgres: TestPostgres) -> anyhow::Result<Self> {
-        let (url, password) = postgres.url_and_password();
         let mut pipeline = Self::start_full(
-            |dir, setup| {
-                setup.warehouse_url = Some(url);
-                if let Some(password) = password {
-                    let file = dir.join("warehouse.password");
-                    std::fs::write(&file, format!("{password}\n"))?;
-                    setup.warehouse_password_file = Some(file);
-                }
-                Ok(())
-            },
+            |dir, setup| use_postgres(dir, setup, &postgres),
             Ok,
             |_| (),
             |_| Ok(()),
@@ -350,6 +341,23 @@ impl Drop for Pipeline {
             let _ = dir.keep();
         }
     }
+}
+
+/// Points the collector at `postgres`, its password in a `warehouse.password_file` in
+/// `dir`, as an operator would keep it.
+pub fn use_postgres(
+    dir: &Path,
+    setup: &mut CollectorSetup,
+    postgres: &TestPostgres,
+) -> anyhow::Result<()> {
+    let (url, password) = postgres.url_and_password();
+    setup.warehouse_url = Some(url);
+    if let Some(password) = password {
+        let file = dir.join("warehouse.password");
+        std::fs::write(&file, format!("{password}\n"))?;
+        setup.warehouse_password_file = Some(file);
+    }
+    Ok(())
 }
 
 /// Bytes in MiB, for printing.
