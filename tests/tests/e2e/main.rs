@@ -13,4 +13,5 @@ mod logrotate;
 mod model;
 mod pipeline;
 mod postgres;
+mod reload;
 mod scale;
