@@ -373,6 +373,10 @@ pub fn run(config: &Config, plan: &Plan, out: &mut dyn Write) -> anyhow::Result<
     let target = match target {
         WarehouseTarget::Postgres(mut pg) => {
             pg.config.application_name("tollstream-collector reload");
+            if pg.config.get_connect_timeout().is_none() {
+                // As the loader's: fail within seconds, not after TCP's own minutes.
+                pg.config.connect_timeout(PG_CONNECT_TIMEOUT);
+            }
             WarehouseTarget::Postgres(pg)
         }
         sqlite => sqlite,
@@ -429,6 +433,9 @@ struct StreamReload<'a> {
     target: &'a WarehouseTarget,
     window: Window,
 }
+
+/// How long connecting to PostgreSQL may take, unless the URL sets `connect_timeout`.
+const PG_CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Objects loaded between two progress log lines.
 const PROGRESS_EVERY: u64 = 500;
