@@ -296,7 +296,8 @@ pub struct StreamSummary {
     pub stream: String,
     /// Its table.
     pub table: String,
-    /// Objects in the window.
+    /// Objects in the window, counting those whose receive time could not be read (they
+    /// may be in it): `loaded + already_loaded + unreadable`.
     pub found: u64,
     /// Objects loaded by this run (a dry run: to be loaded).
     pub loaded: u64,
