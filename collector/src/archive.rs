@@ -357,7 +357,10 @@ impl Archive {
         {
             crate::fsutil::sync_dir(ancestor).map_err(io("syncing", ancestor))?;
         }
-        let tmp = crate::fsutil::tmp_path(path);
+        // The process id keeps writers of the same name apart: a `reload` into another
+        // warehouse may write an errors object while the collector writes the same one
+        // (same content); each renames a complete file of its own over the name.
+        let tmp = tmp_path(path);
         let file = File::create(&tmp).map_err(io("creating", &tmp))?;
         let mut gz = header.write(
             BufWriter::with_capacity(1 << 20, file),
@@ -483,25 +486,49 @@ impl Archive {
         let mut data = Vec::new();
         gz.read_to_end(&mut data)
             .map_err(io("decompressing", path))?;
-        let damaged = |reason: String| ArchiveError::Damaged {
-            path: path.to_path_buf(),
-            reason,
-        };
-        let comment = gz
-            .header()
-            .and_then(|h| h.comment())
-            .ok_or_else(|| damaged("no index in the gzip header".into()))?;
-        let index: Vec<IndexEntry> =
-            serde_json::from_slice(comment).map_err(|e| damaged(format!("index: {e}")))?;
+        let index = header_index(&gz, path)?;
         let total: u64 = index.iter().map(|e| e.bytes).sum();
         if total != data.len() as u64 {
-            return Err(damaged(format!(
-                "index names {total} bytes, object holds {}",
-                data.len()
-            )));
+            return Err(ArchiveError::Damaged {
+                path: path.to_path_buf(),
+                reason: format!("index names {total} bytes, object holds {}", data.len()),
+            });
         }
         Ok((index, data))
     }
+
+    /// Reads only an object's index, from its gzip header (the lines are not decompressed,
+    /// so a damaged body is not noticed here).
+    ///
+    /// # Errors
+    /// I/O errors, a damaged header, or no index in it.
+    pub fn read_index(path: &Path) -> Result<Vec<IndexEntry>, ArchiveError> {
+        let file = File::open(path).map_err(io("opening", path))?;
+        let mut gz = GzDecoder::new(std::io::BufReader::new(file));
+        // The header is parsed before the first byte of the body comes out.
+        let _first_byte = gz.read(&mut [0u8; 1]).map_err(io("decompressing", path))?;
+        header_index(&gz, path)
+    }
+}
+
+/// The JSON index in a gzip header's comment field.
+fn header_index<R>(gz: &GzDecoder<R>, path: &Path) -> Result<Vec<IndexEntry>, ArchiveError> {
+    let damaged = |reason: String| ArchiveError::Damaged {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let comment = gz
+        .header()
+        .and_then(|h| h.comment())
+        .ok_or_else(|| damaged("no index in the gzip header".into()))?;
+    serde_json::from_slice(comment).map_err(|e| damaged(format!("index: {e}")))
+}
+
+/// The temp file a write of `path` by this process goes through: `<name>.<pid>.tmp`.
+fn tmp_path(path: &Path) -> PathBuf {
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(format!(".{}.tmp", std::process::id()));
+    path.with_file_name(name)
 }
 
 /// Walks `dir` (a stream's tree, at `depth` below it) newest first; `Ok(false)` once

@@ -21,6 +21,7 @@ mod fsutil;
 pub mod health;
 pub mod ingest;
 pub mod metrics;
+pub mod reload;
 pub mod schema;
 pub mod status;
 pub mod wal;

@@ -47,6 +47,55 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Load archive objects into the warehouse again (idempotent: objects already in its
+    /// load manifest are skipped), e.g. to rebuild a fresh database. Safe while the
+    /// collector runs.
+    #[command(long_about = RELOAD_ABOUT)]
+    Reload(ReloadArgs),
+}
+
+const RELOAD_ABOUT: &str = "\
+Load archive objects into the warehouse again, exactly as the collector loads them: one \
+transaction per object with its row in the load manifest, in sequence order. Objects the \
+target's manifest already holds are skipped, so running it twice changes nothing; inside the \
+table the natural key still drops a line loaded before. Safe while the collector runs \
+against the same warehouse: one load of an object commits, the other finds it loaded.
+
+An object is selected when its FIRST record was received (collector receive time, UTC; the \
+hour its directory <stream>/YYYY/MM/DD/HH is named by) at or after --since and before \
+--until. Its later records may have been received after --until. Without either bound, the \
+whole archive.
+
+Exit status: 0 when every selected object is loaded (or already was); 1 when an archive \
+object could not be read (it is named, and the others are loaded), or when the warehouse or \
+the archive fails (nothing is retried; what was committed stays, run it again to go on); 64 \
+for a bad option or configuration.";
+
+/// Options of `reload`.
+#[derive(clap::Args)]
+struct ReloadArgs {
+    /// Only objects whose first record was received at or after this: an RFC 3339 time with
+    /// an offset (2026-11-25T14:00:00Z), a date (2026-11-25, midnight UTC) or a duration
+    /// before now (2h, 7d).
+    #[arg(long, value_name = "TIME")]
+    since: Option<String>,
+    /// Only objects whose first record was received before this (same forms as --since).
+    #[arg(long, value_name = "TIME")]
+    until: Option<String>,
+    /// Only this stream (repeatable); default: every configured stream.
+    #[arg(long = "stream", value_name = "NAME")]
+    streams: Vec<String>,
+    /// Load into this warehouse instead of warehouse.url (same forms: sqlite://PATH, a
+    /// relative PATH being relative to the current directory, or postgres://USER@HOST/DB).
+    /// A PostgreSQL password comes from the URL, --warehouse-password-file or PGPASSWORD.
+    #[arg(long, value_name = "URL")]
+    warehouse: Option<String>,
+    /// With --warehouse: a file whose first line is the PostgreSQL password.
+    #[arg(long, value_name = "FILE", requires = "warehouse")]
+    warehouse_password_file: Option<PathBuf>,
+    /// List the objects that would be loaded; write nothing (not even a new database).
+    #[arg(long)]
+    dry_run: bool,
 }
 
 fn main() -> ExitCode {
@@ -84,6 +133,7 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Command::Reload(args) => reload(&config, args),
         Command::Run => match serve(config) {
             Ok(()) => ExitCode::SUCCESS,
             Err(error) => {
@@ -92,6 +142,42 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+    }
+}
+
+fn reload(config: &Config, args: ReloadArgs) -> ExitCode {
+    use tollstream_collector::clock::Clock as _;
+    use tollstream_collector::reload;
+    let request = reload::Request {
+        since: args.since,
+        until: args.until,
+        streams: args.streams,
+        warehouse: args.warehouse,
+        password_file: args.warehouse_password_file,
+        dry_run: args.dry_run,
+    };
+    let plan = match reload::Plan::new(config, &request, SystemClock.now()) {
+        Ok(plan) => plan,
+        Err(message) => {
+            eprintln!("tollstream-collector: reload: {message}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let mut out = std::io::stdout().lock();
+    match reload::run(config, &plan, &mut out) {
+        Ok(summary) if summary.unreadable() == 0 => ExitCode::SUCCESS,
+        Ok(summary) => {
+            eprintln!(
+                "tollstream-collector: reload: {} archive objects could not be read (named \
+                 above); the others are loaded",
+                summary.unreadable()
+            );
+            ExitCode::FAILURE
+        }
+        Err(error) => {
+            eprintln!("tollstream-collector: reload: {error:#}");
+            ExitCode::FAILURE
+        }
     }
 }
 

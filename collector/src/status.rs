@@ -258,7 +258,7 @@ pub fn collect(config: &Config, clock: &dyn Clock) -> anyhow::Result<Report> {
 /// WAL-mode database creates its `-wal` and `-shm` files when they are missing (no
 /// collector has it open, and everything is checkpointed) and leaves them behind; in that
 /// case the file is complete as it is, and `immutable=1` reads it without them.
-fn open_read_only(path: &Path) -> rusqlite::Result<rusqlite::Connection> {
+pub(crate) fn open_read_only(path: &Path) -> rusqlite::Result<rusqlite::Connection> {
     let mut wal = path.as_os_str().to_owned();
     wal.push("-wal");
     let mut uri = String::from("file:");

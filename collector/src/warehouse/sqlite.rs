@@ -368,7 +368,14 @@ impl Warehouse for SqliteWarehouse {
     }
 
     fn load(&mut self, job: &LoadJob<'_>) -> Result<LoadOutcome, WarehouseError> {
-        let tx = self.conn.transaction().map_err(sql("begin"))?;
+        // IMMEDIATE: the write lock is taken (waiting up to the busy timeout) before the
+        // manifest is read. A deferred transaction that read first could not wait for
+        // another writer (a `reload`, a second collector) and would fail with "database is
+        // locked" instead of finding the object loaded.
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(sql("begin"))?;
         let existing: Option<i64> = tx
             .query_row(
                 "SELECT load_id FROM loads WHERE stream = ?1 AND first_seq = ?2",

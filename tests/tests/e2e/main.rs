@@ -13,5 +13,6 @@ mod logrotate;
 mod model;
 mod pipeline;
 mod postgres;
+mod reload;
 mod scale;
 mod schemas;
