@@ -403,7 +403,10 @@ pub fn run(config: &Config, plan: &Plan, out: &mut dyn Write) -> anyhow::Result<
                 table: stream.table.clone(),
                 ..StreamSummary::default()
             },
-            schema: stream_schema(config, name),
+            schema: stream
+                .schema
+                .build()
+                .map_err(|e| anyhow::anyhow!("streams.{name}.schema.{e}"))?,
             archive: &archive,
             archive_root: &archive_root,
             target: &target,
@@ -418,11 +421,6 @@ pub fn run(config: &Config, plan: &Plan, out: &mut dyn Write) -> anyhow::Result<
         summary.streams.push(reload.summary);
     }
     Ok(summary)
-}
-
-/// The schema the collector loads `stream` with. Keep in step with [`crate::run`].
-fn stream_schema(_config: &Config, _stream: &str) -> Schema {
-    Schema::toll()
 }
 
 /// One stream's reload.
@@ -452,12 +450,14 @@ impl StreamReload<'_> {
         let stream = self.summary.stream.clone();
         let table = self.summary.table.clone();
         if let Some(warehouse) = warehouse.as_deref_mut() {
-            warehouse.prepare(&table, &self.schema).with_context(|| {
-                format!(
-                    "preparing table {table} in warehouse {}",
-                    self.target.describe()
-                )
-            })?;
+            warehouse
+                .prepare(&stream, &table, &self.schema)
+                .with_context(|| {
+                    format!(
+                        "preparing table {table} in warehouse {}",
+                        self.target.describe()
+                    )
+                })?;
         }
         let mut loaded = manifest.loaded(&stream).with_context(|| {
             format!(

@@ -460,6 +460,11 @@ fn live_load(setup: &Setup, db: &Path) {
         drop(objects_tx); // Catch up, then stop.
         let root = setup.config.data_dir.join("archive");
         Loader {
+            progress: crate::warehouse::LoadProgress::new(
+                "s",
+                Arc::new(crate::clock::SystemClock),
+                crate::warehouse::progress::Mask::default(),
+            ),
             stream: "s".into(),
             table: "t".into(),
             schema: Arc::new(Schema::toll()),

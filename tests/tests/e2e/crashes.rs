@@ -139,10 +139,6 @@ const SOON_AFTER_RECOVERY: (&str, std::ops::RangeInclusive<u32>) = ("wal-synced"
 /// Groups every run must have killed the collector in at least once.
 const MUST_COVER: &[Group] = &[Group::WalAck, Group::ArchiveToWarehouse, Group::Recovery];
 
-/// Kills of the run on PostgreSQL, at least: the same schedule, half as long (its loads
-/// run through the same crash points; CI time is what limits it).
-const MIN_KILLS_POSTGRES: u32 = 20;
-
 fn min_kills(floor: u32) -> anyhow::Result<u32> {
     match std::env::var("TOLLSTREAM_CRASH_KILLS") {
         Ok(text) => Ok(text
@@ -520,7 +516,7 @@ fn every_line_once_in_warehouse_and_archive_through_kill_9_at_random_moments_and
 fn every_line_once_in_postgresql_and_the_archive_through_kill_9_at_random_moments_and_crash_points()
 -> anyhow::Result<()> {
     let postgres = TestPostgres::start().context("PostgreSQL for the test")?;
-    kill_9_run(Some(postgres), MIN_KILLS_POSTGRES)
+    kill_9_run(Some(postgres), MIN_KILLS)
 }
 
 /// The run: the simulator writes, both daemons are killed `floor` times at least (and until
