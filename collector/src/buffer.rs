@@ -250,8 +250,14 @@ impl Buffer {
         metrics::counter!("tollstream_collector_archive_objects_total").increment(1);
         metrics::counter!("tollstream_collector_archive_records_total").increment(lines);
         self.consumers.advance(CONSUMER, object.last_seq);
-        if self.objects.send(object).await.is_err() {
-            warn!(stream = %self.stream, "Loader has stopped; the archived object will be loaded at the next start.");
+        // Never waits for the loader: while the warehouse is slow or down the archive keeps
+        // growing (and the WAL keeps shrinking); a loader that missed objects finds them
+        // in the archive.
+        match self.objects.try_send(object) {
+            Ok(()) | Err(mpsc::error::TrySendError::Full(_)) => {}
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                warn!(stream = %self.stream, "Loader has stopped; the archived object will be loaded at the next start.");
+            }
         }
     }
 }

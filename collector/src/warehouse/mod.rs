@@ -351,7 +351,20 @@ impl<W: Warehouse> Loader<W> {
         }
         self.progress.backlog(self.objects.len());
         while let Some(object) = self.objects.recv().await {
-            if object.last_seq > loaded {
+            if object.last_seq <= loaded {
+                continue;
+            }
+            if object.first_seq > loaded + 1 {
+                // The buffer does not wait for a slow loader: objects it could not queue
+                // are in the archive. Load them all, this one included, in order.
+                let missed = self.list_archive_after(loaded).await;
+                let mut left = missed.len();
+                for object in missed {
+                    self.progress.backlog(left + self.objects.len());
+                    loaded = self.load_until_done(object, loaded).await;
+                    left -= 1;
+                }
+            } else {
                 self.progress.backlog(1 + self.objects.len());
                 loaded = self.load_until_done(object, loaded).await;
             }
@@ -400,6 +413,25 @@ impl<W: Warehouse> Loader<W> {
                     delay = (delay * 2).min(RETRY_MAX);
                 }
             }
+        }
+    }
+
+    /// The archive objects after sequence `after`, retrying until the archive can be listed.
+    async fn list_archive_after(&self, after: u64) -> Vec<ArchiveObject> {
+        let mut delay = RETRY_MIN;
+        loop {
+            let (archive, stream) = (self.archive.clone(), self.stream.clone());
+            match tokio::task::spawn_blocking(move || archive.list_after(&stream, after)).await {
+                Ok(Ok(objects)) => return objects,
+                Ok(Err(error)) => {
+                    warn!(stream = %self.stream, error = format!("{error:#}"), retry_in = ?delay, "Cannot list the archive; will retry.");
+                }
+                Err(error) => {
+                    warn!(stream = %self.stream, %error, retry_in = ?delay, "Archive listing task failed; will retry.");
+                }
+            }
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(RETRY_MAX);
         }
     }
 
@@ -530,6 +562,78 @@ pub fn open(target: &crate::config::WarehouseTarget) -> Result<Box<dyn Warehouse
 mod tests {
     use super::*;
     use crate::wal::WalRecord;
+
+    #[tokio::test]
+    async fn objects_the_buffer_could_not_queue_are_found_in_the_archive_and_loaded_in_order() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = dir.path().join("archive");
+        let archive = Archive::new(&root);
+        let line = |n: u64| {
+            format!(
+                "2026-11-25T14:03:27.512-03:00,0b9a3c4e-6f1d-4e8a-9a51-{n:012},PLZ-017,3,C0001234,TX-0088231,2,12.50\n"
+            )
+        };
+        let write = |seq: u64| {
+            let data = line(seq);
+            let record = WalRecord {
+                seq,
+                received_at_us: 1_764_090_000_000_000,
+                source: "booth/a".into(),
+                range: Some(((seq - 1) * 200, (seq - 1) * 200 + data.len() as u64)),
+                records: 1,
+                data: data.into_bytes().into(),
+            };
+            archive.write("s", &[record]).expect("written")
+        };
+        write(1); // Found by the catch-up at start.
+        let warehouse = SqliteWarehouse::open(&dir.path().join("w.db")).expect("open");
+        let warehouse = Arc::new(Mutex::new(warehouse));
+        let (objects_tx, rx) = mpsc::channel(1);
+        let clock = crate::clock::FakeClock::new("2025-11-25T17:00:00Z".parse().expect("time"));
+        let loader = Loader {
+            stream: "s".into(),
+            table: "t".into(),
+            schema: Arc::new(Schema::toll()),
+            archive_root: root.clone(),
+            archive: archive.clone(),
+            warehouse: warehouse.clone(),
+            objects: rx,
+            progress: LoadProgress::new("s", Arc::new(clock), progress::Mask::default()),
+        };
+        let running = tokio::spawn(loader.run());
+        let loaded = || {
+            warehouse
+                .lock()
+                .expect("lock")
+                .last_loaded("s")
+                .unwrap_or(0)
+        };
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while loaded() < 1 {
+            assert!(tokio::time::Instant::now() < deadline, "catch-up at start");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        // The buffer archived 2 to 5 but queued only 4 and 5: 2 and 3 found the queue full.
+        let later: Vec<ArchiveObject> = (2..=5).map(write).collect();
+        objects_tx.send(later[2].clone()).await.expect("queued");
+        objects_tx.send(later[3].clone()).await.expect("queued");
+        drop(objects_tx);
+        tokio::time::timeout(Duration::from_secs(10), running)
+            .await
+            .expect("loader done")
+            .expect("task")
+            .expect("loader");
+        assert_eq!(loaded(), 5);
+        let db = rusqlite::Connection::open(dir.path().join("w.db")).expect("open");
+        let (rows, loads): (i64, i64) = db
+            .query_row(
+                "SELECT (SELECT COUNT(*) FROM t), (SELECT COUNT(*) FROM loads)",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .expect("counted");
+        assert_eq!((rows, loads), (5, 5), "each object once, none skipped");
+    }
 
     #[tokio::test]
     async fn a_load_whose_errors_object_cannot_be_written_is_retried_until_it_can() {
