@@ -197,7 +197,15 @@ pub async fn run(
             schema: Arc::new(schema),
             archive_root: archive_root.clone(),
             archive: archive.clone(),
-            warehouse: warehouse.clone(),
+            // PostgreSQL: a connection per stream, so streams load side by side (within a
+            // stream, objects load one at a time, in order). SQLite has one writer anyway.
+            warehouse: match &target {
+                config::WarehouseTarget::Postgres(_) => Arc::new(Mutex::new(
+                    warehouse::open(&target)
+                        .with_context(|| format!("opening warehouse {}", target.describe()))?,
+                )),
+                config::WarehouseTarget::Sqlite(_) => warehouse.clone(),
+            },
             objects: objects_rx,
         };
         let stream_name = name.clone();
@@ -214,6 +222,8 @@ pub async fn run(
         });
         wals.insert(name.clone(), wal);
     }
+    // The loaders hold what they use (on PostgreSQL, their own connections).
+    drop(warehouse);
     let readiness = Arc::new(health::Readiness {
         streams: wals
             .iter()
