@@ -191,6 +191,7 @@ pub async fn run(
         let progress = LoadProgress::new(name, clock.clone(), mask.clone());
         loads.push(progress.clone());
         let loader = Loader {
+            stopping: shutdown.clone(),
             progress,
             stream: name.clone(),
             table: stream.table.clone(),
@@ -200,10 +201,11 @@ pub async fn run(
             // PostgreSQL: a connection per stream, so streams load side by side (within a
             // stream, objects load one at a time, in order). SQLite has one writer anyway.
             warehouse: match &target {
-                config::WarehouseTarget::Postgres(_) => Arc::new(Mutex::new(
-                    warehouse::open(&target)
-                        .with_context(|| format!("opening warehouse {}", target.describe()))?,
-                )),
+                config::WarehouseTarget::Postgres(_) => {
+                    Arc::new(Mutex::new(warehouse::open(&target).with_context(|| {
+                        format!("opening warehouse {}", target.describe())
+                    })?))
+                }
                 config::WarehouseTarget::Sqlite(_) => warehouse.clone(),
             },
             objects: objects_rx,

@@ -420,6 +420,7 @@ fn the_loader_waits_for_a_server_that_is_down_and_loads_everything_once_it_is_up
     let warehouse = Arc::new(Mutex::new(warehouse));
     let (objects_tx, objects) = mpsc::channel(4);
     let loader = Loader {
+        stopping: tokio_util::sync::CancellationToken::new(),
         stream: "s".into(),
         table: "t".into(),
         schema: Arc::new(Schema::toll()),

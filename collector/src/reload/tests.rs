@@ -460,6 +460,7 @@ fn live_load(setup: &Setup, db: &Path) {
         drop(objects_tx); // Catch up, then stop.
         let root = setup.config.data_dir.join("archive");
         Loader {
+            stopping: tokio_util::sync::CancellationToken::new(),
             progress: crate::warehouse::LoadProgress::new(
                 "s",
                 Arc::new(crate::clock::SystemClock),

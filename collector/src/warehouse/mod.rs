@@ -30,6 +30,7 @@ use std::time::Duration;
 
 use jiff::Timestamp;
 use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 pub use postgres::PostgresWarehouse;
@@ -325,6 +326,10 @@ pub struct Loader<W: Warehouse> {
     pub objects: mpsc::Receiver<ArchiveObject>,
     /// Where the loader reports what it loaded and what fails (gauges, `/readyz`).
     pub progress: Arc<LoadProgress>,
+    /// Cancelled when the collector stops. A loader with a working warehouse still loads
+    /// what the buffer queues until the buffer ends; one whose warehouse fails gives up at
+    /// once instead of retrying through the shutdown grace period.
+    pub stopping: CancellationToken,
 }
 
 const RETRY_MIN: Duration = Duration::from_millis(200);
@@ -336,7 +341,9 @@ impl<W: Warehouse> Loader<W> {
     /// # Errors
     /// Only if the blocking pool is gone; load failures are retried.
     pub async fn run(mut self) -> anyhow::Result<()> {
-        let (mut loaded, backlog) = self.catch_up_list().await;
+        let Some((mut loaded, backlog)) = self.catch_up_list().await else {
+            return self.gave_up(None);
+        };
         if !backlog.is_empty() {
             info!(stream = %self.stream, objects = backlog.len(), "Loading archive objects not yet in the warehouse.");
         }
@@ -346,7 +353,10 @@ impl<W: Warehouse> Loader<W> {
         for object in backlog {
             crate::crashpoint::hit("recovery-catch-up");
             self.progress.backlog(listed + self.objects.len());
-            loaded = self.load_until_done(object, loaded).await;
+            let Some(now) = self.load_until_done(object, loaded).await else {
+                return self.gave_up(Some(loaded));
+            };
+            loaded = now;
             listed -= 1;
         }
         self.progress.backlog(self.objects.len());
@@ -357,16 +367,24 @@ impl<W: Warehouse> Loader<W> {
             if object.first_seq > loaded + 1 {
                 // The buffer does not wait for a slow loader: objects it could not queue
                 // are in the archive. Load them all, this one included, in order.
-                let missed = self.list_archive_after(loaded).await;
+                let Some(missed) = self.list_archive_after(loaded).await else {
+                    return self.gave_up(Some(loaded));
+                };
                 let mut left = missed.len();
                 for object in missed {
                     self.progress.backlog(left + self.objects.len());
-                    loaded = self.load_until_done(object, loaded).await;
+                    let Some(now) = self.load_until_done(object, loaded).await else {
+                        return self.gave_up(Some(loaded));
+                    };
+                    loaded = now;
                     left -= 1;
                 }
             } else {
                 self.progress.backlog(1 + self.objects.len());
-                loaded = self.load_until_done(object, loaded).await;
+                let Some(now) = self.load_until_done(object, loaded).await else {
+                    return self.gave_up(Some(loaded));
+                };
+                loaded = now;
             }
             self.progress.backlog(self.objects.len());
         }
@@ -374,10 +392,27 @@ impl<W: Warehouse> Loader<W> {
         Ok(())
     }
 
+    /// Waits `delay` before a retry and doubles it; true instead when the collector is
+    /// stopping, and the caller gives up (what it was loading waits in the archive).
+    async fn back_off(&self, delay: &mut Duration) -> bool {
+        tokio::select! {
+            () = self.stopping.cancelled() => return true,
+            () = tokio::time::sleep(*delay) => {}
+        }
+        *delay = (*delay * 2).min(RETRY_MAX);
+        false
+    }
+
+    /// Says why the loader stops before the buffer did; what `run` then returns.
+    fn gave_up(&self, loaded: Option<u64>) -> anyhow::Result<()> {
+        warn!(stream = %self.stream, last_loaded_seq = loaded, "Stopping while the warehouse fails; objects not loaded wait in the archive for the next start.");
+        Ok(())
+    }
+
     /// Creates the stream's tables if missing, then reads the manifest's position and
     /// lists the archive objects after it; retried until all of it works (a warehouse that
     /// is down or locked, a directory removed while listing).
-    async fn catch_up_list(&self) -> (u64, Vec<ArchiveObject>) {
+    async fn catch_up_list(&self) -> Option<(u64, Vec<ArchiveObject>)> {
         let mut delay = RETRY_MIN;
         loop {
             let attempt = async {
@@ -397,32 +432,34 @@ impl<W: Warehouse> Loader<W> {
                 anyhow::Ok((loaded, backlog))
             };
             match attempt.await {
-                Ok(found) => return found,
+                Ok(found) => return Some(found),
                 Err(error) if is_incompatible(&error) => {
                     tracing::error!(stream = %self.stream, error = format!("{error:#}"), retry_in = ?delay, "The stream table cannot take this config's rows; fix the config or the table. Objects wait in the archive.");
                     self.progress.failed(&format!("{error:#}"));
                     metrics::counter!("tollstream_collector_load_errors_total", "stream" => self.stream.clone()).increment(1);
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(RETRY_MAX);
+                    if self.back_off(&mut delay).await {
+                        return None;
+                    }
                 }
                 Err(error) => {
                     warn!(stream = %self.stream, error = format!("{error:#}"), retry_in = ?delay, "Cannot prepare the warehouse, read its load manifest or list the archive; will retry.");
                     self.progress.failed(&format!("{error:#}"));
                     metrics::counter!("tollstream_collector_load_errors_total", "stream" => self.stream.clone()).increment(1);
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(RETRY_MAX);
+                    if self.back_off(&mut delay).await {
+                        return None;
+                    }
                 }
             }
         }
     }
 
     /// The archive objects after sequence `after`, retrying until the archive can be listed.
-    async fn list_archive_after(&self, after: u64) -> Vec<ArchiveObject> {
+    async fn list_archive_after(&self, after: u64) -> Option<Vec<ArchiveObject>> {
         let mut delay = RETRY_MIN;
         loop {
             let (archive, stream) = (self.archive.clone(), self.stream.clone());
             match tokio::task::spawn_blocking(move || archive.list_after(&stream, after)).await {
-                Ok(Ok(objects)) => return objects,
+                Ok(Ok(objects)) => return Some(objects),
                 Ok(Err(error)) => {
                     warn!(stream = %self.stream, error = format!("{error:#}"), retry_in = ?delay, "Cannot list the archive; will retry.");
                 }
@@ -430,13 +467,14 @@ impl<W: Warehouse> Loader<W> {
                     warn!(stream = %self.stream, %error, retry_in = ?delay, "Archive listing task failed; will retry.");
                 }
             }
-            tokio::time::sleep(delay).await;
-            delay = (delay * 2).min(RETRY_MAX);
+            if self.back_off(&mut delay).await {
+                return None;
+            }
         }
     }
 
     /// Loads `object`, retrying with backoff until it succeeds; returns the new position.
-    async fn load_until_done(&mut self, object: ArchiveObject, loaded: u64) -> u64 {
+    async fn load_until_done(&mut self, object: ArchiveObject, loaded: u64) -> Option<u64> {
         if object.first_seq != loaded + 1 {
             warn!(stream = %self.stream, expected = loaded + 1, found = object.first_seq, path = %object.path.display(), "Archive objects are not contiguous; were some removed by hand?");
         }
@@ -450,14 +488,15 @@ impl<W: Warehouse> Loader<W> {
                     self.progress
                         .loaded(oldest.and_then(time), newest.and_then(time));
                     debug!(stream = %self.stream, path = %object.path.display(), ?outcome, "Loaded.");
-                    return object.last_seq;
+                    return Some(object.last_seq);
                 }
                 Err(error) => {
                     warn!(stream = %self.stream, path = %object.path.display(), error = format!("{error:#}"), retry_in = ?delay, "Load failed; will retry.");
                     self.progress.failed(&format!("{error:#}"));
                     metrics::counter!("tollstream_collector_load_errors_total", "stream" => self.stream.clone()).increment(1);
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(RETRY_MAX);
+                    if self.back_off(&mut delay).await {
+                        return None;
+                    }
                 }
             }
         }
@@ -591,6 +630,7 @@ mod tests {
         let (objects_tx, rx) = mpsc::channel(1);
         let clock = crate::clock::FakeClock::new("2025-11-25T17:00:00Z".parse().expect("time"));
         let loader = Loader {
+            stopping: CancellationToken::new(),
             stream: "s".into(),
             table: "t".into(),
             schema: Arc::new(Schema::toll()),
@@ -636,6 +676,61 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_loader_whose_warehouse_fails_stops_at_once_when_the_collector_stops() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = dir.path().join("archive");
+        let archive = Archive::new(&root);
+        let warehouse = Arc::new(Mutex::new(FailingWarehouse));
+        let (_objects_tx, objects) = mpsc::channel(1);
+        let clock = crate::clock::FakeClock::new("2025-11-25T17:00:00Z".parse().expect("time"));
+        let stopping = CancellationToken::new();
+        let loader = Loader {
+            stopping: stopping.clone(),
+            stream: "s".into(),
+            table: "t".into(),
+            schema: Arc::new(Schema::toll()),
+            archive_root: root.clone(),
+            archive,
+            warehouse,
+            objects,
+            progress: LoadProgress::new("s", Arc::new(clock), progress::Mask::default()),
+        };
+        let running = tokio::spawn(loader.run());
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while FAILED.load(std::sync::atomic::Ordering::Relaxed) < 2 {
+            assert!(tokio::time::Instant::now() < deadline, "attempts fail");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(!running.is_finished(), "retrying, the buffer still open");
+        stopping.cancel();
+        tokio::time::timeout(Duration::from_secs(2), running)
+            .await
+            .expect("stopped within its back-off, not after it")
+            .expect("task")
+            .expect("loader");
+    }
+
+    static FAILED: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
+    /// A warehouse that is down.
+    struct FailingWarehouse;
+
+    impl Warehouse for FailingWarehouse {
+        fn prepare(&mut self, _: &str, _: &str, _: &Schema) -> Result<(), WarehouseError> {
+            FAILED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            Err(WarehouseError::Invalid("down".into()))
+        }
+
+        fn last_loaded(&mut self, _: &str) -> Result<u64, WarehouseError> {
+            Err(WarehouseError::Invalid("down".into()))
+        }
+
+        fn load(&mut self, _: &LoadJob<'_>) -> Result<LoadOutcome, WarehouseError> {
+            Err(WarehouseError::Invalid("down".into()))
+        }
+    }
+
+    #[tokio::test]
     async fn a_load_whose_errors_object_cannot_be_written_is_retried_until_it_can() {
         let dir = tempfile::tempdir().expect("tempdir");
         let root = dir.path().join("archive");
@@ -662,6 +757,7 @@ mod tests {
         let clock = crate::clock::FakeClock::new("2025-11-25T17:00:00Z".parse().expect("time"));
         let progress = LoadProgress::new("s", Arc::new(clock), progress::Mask::default());
         let loader = Loader {
+            stopping: CancellationToken::new(),
             stream: "s".into(),
             table: "t".into(),
             schema: Arc::new(Schema::toll()),

@@ -7,7 +7,7 @@ use std::time::Duration;
 use tollstream_tests::harness::{binary, http_get, wait_for};
 use tollstream_tests::postgres::TestPostgres;
 
-use crate::fixture::{ARRIVAL_TIMEOUT, Pipeline, archive_lines};
+use crate::fixture::{ARRIVAL_TIMEOUT, EXIT_TIMEOUT, Pipeline, archive_lines};
 
 const LINES: u64 = 200_000;
 
@@ -147,6 +147,18 @@ fn postgres_down_at_start_and_mid_stream_loses_and_duplicates_nothing() -> anyho
     );
     wait_warehouse_down(&mut pipeline)?;
     // Ingest is not refused meanwhile: the agent's lines keep arriving (checked above).
+    // Stopped now, the collector gives up on the failing warehouse at once instead of
+    // retrying through its shutdown grace period; the objects wait in the archive.
+    let stopped = pipeline.collector.terminate(EXIT_TIMEOUT)?;
+    anyhow::ensure!(stopped.success(), "collector exited with {stopped}");
+    let log = pipeline.collector.log_since_start();
+    anyhow::ensure!(
+        log.contains("Stopping while the warehouse fails")
+            && !log.contains("Shutdown exceeded the grace period"),
+        "the loader should stop at once: {log}"
+    );
+    pipeline.collector.start()?;
+    pipeline.wait_collector_ready()?;
     pipeline.postgres().restart()?;
     pipeline.wait_rows_at_least(60_000)?;
     wait_warehouse_up(&pipeline)?;
