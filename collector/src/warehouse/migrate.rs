@@ -178,6 +178,36 @@ pub fn plan(
     })
 }
 
+/// The statements that carry out `plan` for `table` — then its index statements, which
+/// are idempotent — and the version to record in `tollstream_table_versions`, if any.
+pub fn steps(
+    plan: Plan,
+    stream: &str,
+    table: &str,
+    schema: &Schema,
+    dialect: &dyn Dialect,
+) -> (Vec<String>, Option<i64>) {
+    let (mut statements, version) = match plan {
+        Plan::Unchanged => (Vec::new(), None),
+        Plan::Create => (vec![create_table_sql(table, schema, dialect)], Some(1)),
+        Plan::Change {
+            version,
+            add,
+            drop_not_null,
+        } => {
+            if !add.is_empty() {
+                tracing::info!(stream, table, version, columns = ?add.iter().map(|c| &c.column).collect::<Vec<_>>(), "Adding the config's new columns to the stream table.");
+            }
+            (
+                alter_sql(table, &add, &drop_not_null, dialect),
+                Some(version),
+            )
+        }
+    };
+    statements.push(index_sql(table, schema));
+    (statements, version)
+}
+
 fn describe(ty: &ColumnType) -> String {
     match ty {
         ColumnType::Text => "text".into(),

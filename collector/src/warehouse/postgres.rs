@@ -215,40 +215,22 @@ impl PostgresWarehouse {
         migrate_own_tables(&tx).await?;
         let existing = existing_table(&tx, table).await?;
         let plan = migrate::plan(stream, table, schema, existing.as_ref(), &Dialect)?;
-        let version = match plan {
-            migrate::Plan::Unchanged => None,
-            migrate::Plan::Create => {
-                tx.batch_execute(&migrate::create_table_sql(table, schema, &Dialect))
-                    .await
-                    .map_err(pg("create stream table"))?;
-                Some(1)
-            }
-            migrate::Plan::Change {
-                version,
-                add,
-                drop_not_null,
-            } => {
-                for statement in migrate::alter_sql(table, &add, &drop_not_null, &Dialect) {
-                    tx.batch_execute(&statement)
-                        .await
-                        .map_err(pg("change stream table"))?;
-                }
-                // A staging table this session made before the change lacks the columns.
-                tx.batch_execute(&format!(
-                    "DROP TABLE IF EXISTS pg_temp.{}",
-                    staging_table(table)
-                ))
+        let changes = matches!(plan, migrate::Plan::Change { .. });
+        let (statements, version) = migrate::steps(plan, stream, table, schema, &Dialect);
+        for statement in statements {
+            tx.batch_execute(&statement)
                 .await
-                .map_err(pg("drop the old staging table"))?;
-                if !add.is_empty() {
-                    tracing::info!(stream, table, version, columns = ?add.iter().map(|c| &c.column).collect::<Vec<_>>(), "Added the config's new columns to the stream table.");
-                }
-                Some(version)
-            }
-        };
-        tx.batch_execute(&migrate::index_sql(table, schema))
+                .map_err(pg("create or change the stream table"))?;
+        }
+        if changes {
+            // A staging table this session made before the change lacks the new columns.
+            tx.batch_execute(&format!(
+                "DROP TABLE IF EXISTS pg_temp.{}",
+                staging_table(table)
+            ))
             .await
-            .map_err(pg("create indexes"))?;
+            .map_err(pg("drop the old staging table"))?;
+        }
         if let Some(version) = version {
             let definition = serde_json::to_string(schema)
                 .map_err(|e| WarehouseError::Invalid(format!("recording the schema: {e}")))?;

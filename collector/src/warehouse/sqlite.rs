@@ -305,30 +305,11 @@ impl Warehouse for SqliteWarehouse {
             .map_err(sql("begin"))?;
         let existing = existing_table(&tx, table)?;
         let plan = migrate::plan(stream, table, schema, existing.as_ref(), &Dialect)?;
-        let version = match plan {
-            migrate::Plan::Unchanged => None,
-            migrate::Plan::Create => {
-                tx.execute_batch(&migrate::create_table_sql(table, schema, &Dialect))
-                    .map_err(sql("create stream table"))?;
-                Some(1)
-            }
-            migrate::Plan::Change {
-                version,
-                add,
-                drop_not_null,
-            } => {
-                for statement in migrate::alter_sql(table, &add, &drop_not_null, &Dialect) {
-                    tx.execute_batch(&statement)
-                        .map_err(sql("change stream table"))?;
-                }
-                if !add.is_empty() {
-                    tracing::info!(stream, table, version, columns = ?add.iter().map(|c| &c.column).collect::<Vec<_>>(), "Added the config's new columns to the stream table.");
-                }
-                Some(version)
-            }
-        };
-        tx.execute_batch(&migrate::index_sql(table, schema))
-            .map_err(sql("create indexes"))?;
+        let (statements, version) = migrate::steps(plan, stream, table, schema, &Dialect);
+        for statement in statements {
+            tx.execute_batch(&statement)
+                .map_err(sql("create or change the stream table"))?;
+        }
         if let Some(version) = version {
             let definition = serde_json::to_string(schema)
                 .map_err(|e| WarehouseError::Invalid(format!("recording the schema: {e}")))?;
