@@ -615,7 +615,14 @@ impl Config {
                 let cause = std::error::Error::source(&e)
                     .map(|c| format!(": {c}"))
                     .unwrap_or_default();
-                format!("warehouse.url: {shown:?} is not a PostgreSQL URL{cause}")
+                // libpq's verify-ca and verify-full are what require means here.
+                let hint = if cause.contains("sslmode") {
+                    "; use sslmode=require (TLS, the certificate and host name verified), \
+                     prefer or disable"
+                } else {
+                    ""
+                };
+                format!("warehouse.url: {shown:?} is not a PostgreSQL URL{cause}{hint}")
             })?;
         if config.get_user().is_none() {
             return Err(format!(
@@ -879,6 +886,10 @@ mod tests {
                 "only a PostgreSQL",
             ),
             ("url: postgres://h/dw", "no user"),
+            (
+                "url: postgres://loader@h/dw?sslmode=verify-full",
+                "use sslmode=require",
+            ),
             ("url: mysql://u:hunter2@h/dw", "not supported"),
             (
                 "url: sqlite://w.db\n  password_file: pg.pass",

@@ -537,7 +537,7 @@ fn sslmode_require_loads_over_verified_tls_and_disable_stays_plain() {
 /// names the problem (and the CA file), for the loader's WARN log and `/readyz`: a CA that
 /// did not sign it, or a host name it was not issued for.
 #[test]
-fn a_server_certificate_that_does_not_verify_fails_with_the_reason() {
+fn tls_with_a_server_certificate_that_does_not_verify_fails_with_the_reason() {
     let pg = TestPostgres::start_tls_cluster().expect("PostgreSQL with TLS for the test");
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
