@@ -103,6 +103,11 @@ pub struct WarehouseConfig {
     /// Without it and without a password in the URL, `PGPASSWORD` is used when set.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub password_file: Option<PathBuf>,
+    /// PostgreSQL with `sslmode=require`: a PEM file of the CA certificates the server's
+    /// certificate must chain to (relative to the config file). Without it, the system
+    /// trust store. Refused without `sslmode=require`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<PathBuf>,
 }
 
 impl Default for WarehouseConfig {
@@ -110,6 +115,7 @@ impl Default for WarehouseConfig {
         Self {
             url: "sqlite://warehouse.db".into(),
             password_file: None,
+            ca_file: None,
         }
     }
 }
@@ -134,6 +140,8 @@ pub struct PostgresTarget {
     pub config: tokio_postgres::Config,
     /// The URL with its password masked, for messages.
     pub shown: String,
+    /// Verified TLS for `sslmode=require`; `None`: plain (`disable`, `prefer`).
+    pub tls: Option<crate::warehouse::pg_tls::PgTls>,
 }
 
 impl std::fmt::Debug for WarehouseTarget {
@@ -380,6 +388,9 @@ impl Config {
         if let Some(file) = &mut config.warehouse.password_file {
             *file = resolve(base, file);
         }
+        if let Some(file) = &mut config.warehouse.ca_file {
+            *file = resolve(base, file);
+        }
         if let Some(tls) = &mut config.ingest.tls {
             tls.cert_file = resolve(base, &tls.cert_file);
             tls.key_file = resolve(base, &tls.key_file);
@@ -583,6 +594,11 @@ impl Config {
                     "warehouse.password_file: only a PostgreSQL warehouse has a password".into(),
                 );
             }
+            if self.warehouse.ca_file.is_some() {
+                return Err(
+                    "warehouse.ca_file: only a PostgreSQL warehouse is reached over TLS".into(),
+                );
+            }
             return Ok(WarehouseTarget::Sqlite(resolve(
                 &self.data_dir,
                 Path::new(rest),
@@ -599,19 +615,21 @@ impl Config {
                 let cause = std::error::Error::source(&e)
                     .map(|c| format!(": {c}"))
                     .unwrap_or_default();
-                format!("warehouse.url: {shown:?} is not a PostgreSQL URL{cause}")
+                // libpq's verify-ca and verify-full are what require means here.
+                let hint = if cause.contains("sslmode") {
+                    "; use sslmode=require (TLS, the certificate and host name verified), \
+                     prefer or disable"
+                } else {
+                    ""
+                };
+                format!("warehouse.url: {shown:?} is not a PostgreSQL URL{cause}{hint}")
             })?;
         if config.get_user().is_none() {
             return Err(format!(
                 "warehouse.url: {shown:?} names no user; write postgres://USER@HOST/DATABASE"
             ));
         }
-        if config.get_ssl_mode() == tokio_postgres::config::SslMode::Require {
-            return Err(format!(
-                "warehouse.url: {shown:?} asks for TLS (sslmode=require), which this version \
-                 cannot do yet; use sslmode=disable or prefer (the default) on a trusted network"
-            ));
-        }
+        let tls = postgres_tls(&config, &shown, self.warehouse.ca_file.as_deref())?;
         if let Some(file) = &self.warehouse.password_file {
             if config.get_password().is_some() {
                 return Err(
@@ -642,8 +660,43 @@ impl Config {
         Ok(WarehouseTarget::Postgres(Box::new(PostgresTarget {
             config,
             shown,
+            tls,
         })))
     }
+}
+
+/// The TLS a PostgreSQL URL asks for: verified TLS with `sslmode=require` (against
+/// `ca_file`, or the system trust store), none with `disable` or `prefer`.
+fn postgres_tls(
+    config: &tokio_postgres::Config,
+    shown: &str,
+    ca_file: Option<&Path>,
+) -> Result<Option<crate::warehouse::pg_tls::PgTls>, String> {
+    use tokio_postgres::config::{Host, SslMode};
+    if config.get_ssl_mode() != SslMode::Require {
+        // Refused rather than taken to mean sslmode=require: the URL alone says whether
+        // the connection is encrypted, and a CA file next to a plain connection would
+        // look like protection that is not there.
+        return match ca_file {
+            Some(_) => Err(format!(
+                "warehouse.ca_file goes with TLS, but warehouse.url {shown:?} does not ask for \
+                 it: add sslmode=require to the URL (e.g. postgres://USER@HOST/DB?sslmode=require) \
+                 or remove warehouse.ca_file"
+            )),
+            None => Ok(None),
+        };
+    }
+    if config
+        .get_hosts()
+        .iter()
+        .any(|host| !matches!(host, Host::Tcp(_)))
+    {
+        return Err(format!(
+            "warehouse.url: {shown:?} asks for TLS (sslmode=require) on a Unix socket, where \
+             PostgreSQL never uses TLS; use a TCP host name, or sslmode=disable for the socket"
+        ));
+    }
+    crate::warehouse::pg_tls::PgTls::new(ca_file).map(Some)
 }
 
 fn resolve(base: &Path, path: &Path) -> PathBuf {
@@ -801,7 +854,8 @@ mod tests {
             panic!("postgres")
         };
         assert_eq!(pg.config.get_password(), Some(&b"from-the-file"[..]));
-        // A password in two places, a missing file, TLS and unknown schemes are refused.
+        // A password in two places, a missing file, TLS settings that cannot work and
+        // unknown schemes are refused.
         for (warehouse, expected) in [
             (
                 "url: postgres://loader:x@h/dw\n  password_file: pg.pass",
@@ -811,8 +865,31 @@ mod tests {
                 "url: postgres://loader@h/dw\n  password_file: nope",
                 "cannot read",
             ),
-            ("url: postgres://loader@h/dw?sslmode=require", "TLS"),
+            (
+                "url: postgres://loader@h/dw?sslmode=prefer\n  ca_file: pg.pass",
+                "add sslmode=require",
+            ),
+            (
+                "url: postgres://loader@h/dw?sslmode=require\n  ca_file: nope.pem",
+                "warehouse.ca_file: cannot read",
+            ),
+            (
+                "url: postgres://loader@h/dw?sslmode=require\n  ca_file: pg.pass",
+                "holds no PEM certificate",
+            ),
+            (
+                "url: postgres://loader@/dw?host=/run/postgresql&sslmode=require",
+                "Unix socket",
+            ),
+            (
+                "url: sqlite://w.db\n  ca_file: pg.pass",
+                "only a PostgreSQL",
+            ),
             ("url: postgres://h/dw", "no user"),
+            (
+                "url: postgres://loader@h/dw?sslmode=verify-full",
+                "use sslmode=require",
+            ),
             ("url: mysql://u:hunter2@h/dw", "not supported"),
             (
                 "url: sqlite://w.db\n  password_file: pg.pass",

@@ -93,6 +93,10 @@ struct ReloadArgs {
     /// With --warehouse: a file whose first line is the PostgreSQL password.
     #[arg(long, value_name = "FILE", requires = "warehouse")]
     warehouse_password_file: Option<PathBuf>,
+    /// With --warehouse and sslmode=require in its URL: a PEM file of the CAs the server's
+    /// certificate must chain to (default: the system trust store).
+    #[arg(long, value_name = "FILE", requires = "warehouse")]
+    warehouse_ca_file: Option<PathBuf>,
     /// List the objects that would be loaded; write nothing (not even a new database).
     #[arg(long)]
     dry_run: bool,
@@ -154,6 +158,7 @@ fn reload(config: &Config, args: ReloadArgs) -> ExitCode {
         streams: args.streams,
         warehouse: args.warehouse,
         password_file: args.warehouse_password_file,
+        ca_file: args.warehouse_ca_file,
         dry_run: args.dry_run,
     };
     let plan = match reload::Plan::new(config, &request, SystemClock.now()) {

@@ -181,6 +181,9 @@ pub struct Request {
     pub warehouse: Option<String>,
     /// `--warehouse-password-file`: its password, for a PostgreSQL URL.
     pub password_file: Option<PathBuf>,
+    /// `--warehouse-ca-file`: the CAs its certificate must chain to, for a PostgreSQL URL
+    /// with `sslmode=require` (default: the system trust store).
+    pub ca_file: Option<PathBuf>,
     /// `--dry-run`: list, write nothing.
     pub dry_run: bool,
 }
@@ -247,9 +250,21 @@ impl Plan {
                             .into(),
                     );
                 }
+                if request.ca_file.is_some() {
+                    return Err(
+                        "--warehouse-ca-file goes with --warehouse; the configured warehouse \
+                         takes its CAs from warehouse.ca_file"
+                            .into(),
+                    );
+                }
                 config.warehouse_target()?
             }
-            Some(url) => other_target(config, url, request.password_file.as_deref())?,
+            Some(url) => other_target(
+                config,
+                url,
+                request.password_file.as_deref(),
+                request.ca_file.as_deref(),
+            )?,
         };
         Ok(Self {
             window,
@@ -262,11 +277,13 @@ impl Plan {
 
 /// The warehouse named on the command line, read as `warehouse.url` is (same URL forms,
 /// same password sources, except that a relative SQLite path is relative to the current
-/// directory, as a command-line path is expected to be).
+/// directory, as a command-line path is expected to be). It does not inherit
+/// `warehouse.ca_file`: another server may have another CA.
 fn other_target(
     config: &Config,
     url: &str,
     password_file: Option<&Path>,
+    ca_file: Option<&Path>,
 ) -> Result<WarehouseTarget, String> {
     let mut url = url.to_owned();
     if let Some(path) = url.strip_prefix("sqlite://")
@@ -277,14 +294,18 @@ fn other_target(
             .map_err(|e| format!("--warehouse: cannot resolve {path}: {e}"))?;
         url = format!("sqlite://{}", absolute.display());
     }
-    let password_file =
-        password_file.map(|file| std::path::absolute(file).unwrap_or_else(|_| file.to_path_buf()));
+    let absolute = |file: &Path| std::path::absolute(file).unwrap_or_else(|_| file.to_path_buf());
     let mut other = config.clone();
-    other.warehouse = WarehouseConfig { url, password_file };
+    other.warehouse = WarehouseConfig {
+        url,
+        password_file: password_file.map(absolute),
+        ca_file: ca_file.map(absolute),
+    };
     // Messages name the configuration keys; here they were command-line options.
     other.warehouse_target().map_err(|message| {
         message
             .replace("warehouse.password_file", "--warehouse-password-file")
+            .replace("warehouse.ca_file", "--warehouse-ca-file")
             .replace("warehouse.url", "--warehouse")
     })
 }
@@ -670,8 +691,8 @@ impl Manifest {
             WarehouseTarget::Sqlite(path) => Ok(Self::Sqlite(path.clone())),
             WarehouseTarget::Postgres(pg) => {
                 let config = pg.config.clone();
-                let (client, connection) = runtime
-                    .block_on(config.connect(tokio_postgres::NoTls))
+                let client = runtime
+                    .block_on(crate::warehouse::pg_tls::connect(&config, pg.tls.as_ref()))
                     .map_err(|e| {
                         anyhow::anyhow!(
                             "cannot connect to warehouse {}: {}",
@@ -679,7 +700,6 @@ impl Manifest {
                             crate::warehouse::pg_error_message(&e)
                         )
                     })?;
-                runtime.spawn(connection);
                 Ok(Self::Postgres {
                     runtime: runtime.clone(),
                     client,

@@ -472,12 +472,13 @@ impl Manifest {
             Ok(runtime) => runtime,
             Err(e) => return Self::Unreachable(format!("cannot start a runtime: {e}")),
         };
-        match runtime.block_on(config.connect(tokio_postgres::NoTls)) {
-            Ok((client, connection)) => {
-                // Driven whenever the runtime runs a query (a current-thread runtime).
-                runtime.spawn(connection);
-                Self::Postgres { runtime, client }
-            }
+        // The connection task is driven whenever the runtime runs a query (a current-thread
+        // runtime).
+        match runtime.block_on(crate::warehouse::pg_tls::connect(
+            &config,
+            target.tls.as_ref(),
+        )) {
+            Ok(client) => Self::Postgres { runtime, client },
             Err(e) => Self::Unreachable(format!(
                 "cannot connect to {}: {}",
                 target.shown,

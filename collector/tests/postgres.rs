@@ -8,6 +8,7 @@ use tokio::sync::mpsc;
 use tollstream_collector::archive::{Archive, ArchiveObject, ERRORS_DIR};
 use tollstream_collector::schema::Schema;
 use tollstream_collector::wal::WalRecord;
+use tollstream_collector::warehouse::pg_tls::PgTls;
 use tollstream_collector::warehouse::{
     LoadJob, LoadOutcome, LoadProgress, Loader, PostgresWarehouse, Warehouse, WarehouseError,
 };
@@ -474,4 +475,111 @@ fn the_loader_waits_for_a_server_that_is_down_and_loads_everything_once_it_is_up
     let mut db = pg.client().expect("client");
     assert_eq!(count(&mut db, "SELECT COUNT(*) FROM t"), 2);
     assert_eq!(count(&mut db, "SELECT COUNT(*) FROM loads"), 2);
+}
+
+/// A warehouse at `url` through verified TLS against the CA certificate `ca_pem` (written
+/// to a file in `dir`, as `warehouse.ca_file` would name it).
+fn tls_warehouse(
+    url: &str,
+    ca_pem: &str,
+    dir: &std::path::Path,
+    runtime: &tokio::runtime::Runtime,
+) -> PostgresWarehouse {
+    let ca_file = dir.join("ca.pem");
+    std::fs::write(&ca_file, ca_pem).expect("write the CA file");
+    let tls = PgTls::new(Some(&ca_file)).expect("a usable CA file");
+    PostgresWarehouse::new(url.parse().expect("url"), runtime.handle().clone()).with_tls(Some(tls))
+}
+
+/// Whether the server sees the session of `application_name` as encrypted.
+fn encrypted(db: &mut postgres::Client, application_name: &str) -> Option<bool> {
+    db.query_opt(
+        "SELECT s.ssl FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) \
+         WHERE a.application_name = $1",
+        &[&application_name],
+    )
+    .expect("pg_stat_ssl")
+    .map(|row| row.get(0))
+}
+
+/// Issue 5: `sslmode=require` with the CA that signed the server's certificate loads over
+/// TLS (the server says the loader's session is encrypted); `sslmode=disable` against the
+/// same server stays plain.
+#[test]
+fn sslmode_require_loads_over_verified_tls_and_disable_stays_plain() {
+    let pg = TestPostgres::start_tls_cluster().expect("PostgreSQL with TLS for the test");
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let archive = Archive::new(&dir.path().join("archive"));
+    let url = format!("{}?sslmode=require&application_name=tls_loader", pg.url());
+    let ca_pem = pg.ca_pem().expect("a TLS cluster has a CA");
+    let mut warehouse = tls_warehouse(&url, ca_pem, dir.path(), &runtime);
+    warehouse
+        .prepare("s", "t", &Schema::toll())
+        .expect("prepared over TLS");
+    let object = object_with_bad_lines(&archive);
+    let outcome = load(&mut warehouse, &archive, &object).expect("loaded over TLS");
+    assert_eq!((outcome.inserted, outcome.rejected), (3, 2));
+    let mut db = pg.client().expect("client");
+    assert_eq!(encrypted(&mut db, "tls_loader"), Some(true));
+    assert_eq!(count(&mut db, "SELECT COUNT(*) FROM t"), 3);
+
+    let url = format!("{}?sslmode=disable&application_name=plain_loader", pg.url());
+    let mut plain = PostgresWarehouse::new(url.parse().expect("url"), runtime.handle().clone());
+    assert_eq!(plain.last_loaded("s").expect("plain still works"), 8);
+    assert_eq!(encrypted(&mut db, "plain_loader"), Some(false));
+}
+
+/// Issue 5: a server certificate that does not verify fails the connection, and the error
+/// names the problem (and the CA file), for the loader's WARN log and `/readyz`: a CA that
+/// did not sign it, or a host name it was not issued for.
+#[test]
+fn tls_with_a_server_certificate_that_does_not_verify_fails_with_the_reason() {
+    let pg = TestPostgres::start_tls_cluster().expect("PostgreSQL with TLS for the test");
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let other_ca = tollstream_tests::postgres::unrelated_ca_pem().expect("a CA");
+    let url = format!("{}?sslmode=require", pg.url());
+    let mut warehouse = tls_warehouse(&url, &other_ca, dir.path(), &runtime);
+    let error = warehouse
+        .prepare("s", "t", &Schema::toll())
+        .expect_err("an unknown issuer is refused")
+        .to_string();
+    assert!(
+        error.contains("warehouse connect: error performing TLS handshake: invalid peer certificate: UnknownIssuer"),
+        "{error}"
+    );
+    assert!(
+        error.contains("server 127.0.0.1") && error.contains("ca.pem"),
+        "{error}"
+    );
+    // The right CA, but a host name the certificate does not carry (the address is the
+    // server's: only the name is wrong).
+    let (url, password) = pg.url_and_password();
+    let port = url
+        .parse::<tokio_postgres::Config>()
+        .expect("url")
+        .get_ports()[0];
+    let url = format!(
+        "postgres://postgres:{}@db.invalid:{port}/postgres?hostaddr=127.0.0.1&sslmode=require",
+        password.unwrap_or_default()
+    );
+    let ca_pem = pg.ca_pem().expect("a TLS cluster has a CA");
+    let mut warehouse = tls_warehouse(&url, ca_pem, dir.path(), &runtime);
+    let error = warehouse
+        .last_loaded("s")
+        .expect_err("a wrong name is refused")
+        .to_string();
+    assert!(
+        error.contains("invalid peer certificate") && error.contains("db.invalid"),
+        "{error}"
+    );
 }

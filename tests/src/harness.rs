@@ -348,6 +348,8 @@ pub struct CollectorSetup {
     pub warehouse_url: Option<String>,
     /// `warehouse.password_file`, if any.
     pub warehouse_password_file: Option<PathBuf>,
+    /// `warehouse.ca_file`, if any (relative to the config file, as written).
+    pub warehouse_ca_file: Option<PathBuf>,
     /// More streams after the toll stream: YAML entries indented by two spaces, as they
     /// go under `streams:`.
     pub extra_streams: String,
@@ -364,6 +366,7 @@ impl Default for CollectorSetup {
             extra: String::new(),
             warehouse_url: None,
             warehouse_password_file: None,
+            warehouse_ca_file: None,
             extra_streams: String::new(),
         }
     }
@@ -452,7 +455,7 @@ pub fn write_collector_config(dir: &Path, setup: &CollectorSetup) -> anyhow::Res
         .map_or_else(|| "collector-data".to_string(), |d| d.display().to_string());
     let text = format!(
         "listen: 127.0.0.1:{}\n{metrics}data_dir: {data_dir}\nauth:\n  agent_tokens_file: agent-tokens\n\
-         warehouse:\n  url: {:?}\n{}streams:\n  toll-transactions:\n    table: toll_transactions\n\
+         warehouse:\n  url: {:?}\n{}{}streams:\n  toll-transactions:\n    table: toll_transactions\n\
          \x20   buffer: {{ max_bytes: {}, max_age: {} }}\n{}{}",
         setup.port,
         setup
@@ -463,6 +466,11 @@ pub fn write_collector_config(dir: &Path, setup: &CollectorSetup) -> anyhow::Res
             .warehouse_password_file
             .as_ref()
             .map(|f| format!("  password_file: {:?}\n", f.display().to_string()))
+            .unwrap_or_default(),
+        setup
+            .warehouse_ca_file
+            .as_ref()
+            .map(|f| format!("  ca_file: {:?}\n", f.display().to_string()))
             .unwrap_or_default(),
         setup.buffer_max_bytes,
         setup.buffer_max_age,

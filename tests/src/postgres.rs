@@ -13,7 +13,8 @@
 //!   (newest first) and `PATH`; without them the error says what to install.
 //!
 //! Tests that stop and start the server ([`TestPostgres::stop`]) need a cluster of their
-//! own: [`TestPostgres::start_cluster`].
+//! own: [`TestPostgres::start_cluster`]. [`TestPostgres::start_tls_cluster`] makes one with
+//! `ssl = on` and a certificate signed by a test CA ([`TestPostgres::ca_pem`]).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -45,7 +46,13 @@ struct Cluster {
     port: u16,
     as_postgres: bool,
     running: bool,
+    /// With `ssl = on`: the PEM certificate of the CA that signed the server's certificate.
+    ca_pem: Option<String>,
 }
+
+/// The files of a TLS cluster, in its directory: the server's certificate and key.
+const SERVER_CERT: &str = "server.crt";
+const SERVER_KEY: &str = "server.key";
 
 impl TestPostgres {
     /// A database on the developer's server (`TOLLSTREAM_TEST_PG_URL`) or on a new cluster.
@@ -65,6 +72,20 @@ impl TestPostgres {
     /// # Errors
     /// No server binaries; initdb or pg_ctl failed.
     pub fn start_cluster() -> anyhow::Result<Self> {
+        Self::new_cluster(false)
+    }
+
+    /// A new cluster of its own with `ssl = on`: its certificate, for `localhost` and
+    /// `127.0.0.1`, is signed by a test CA whose certificate [`TestPostgres::ca_pem`] gives.
+    /// Plain connections are accepted too; [`TestPostgres::url`] has no `sslmode`.
+    ///
+    /// # Errors
+    /// No server binaries; the certificates could not be made; initdb or pg_ctl failed.
+    pub fn start_tls_cluster() -> anyhow::Result<Self> {
+        Self::new_cluster(true)
+    }
+
+    fn new_cluster(tls: bool) -> anyhow::Result<Self> {
         let bin = find_binaries()?;
         let as_postgres = rustix::process::geteuid().is_root();
         let dir = tempfile::Builder::new()
@@ -90,8 +111,12 @@ impl TestPostgres {
             port: 0,
             as_postgres,
             running: false,
+            ca_pem: None,
         };
         cluster.initdb()?;
+        if tls {
+            cluster.ca_pem = Some(cluster.write_server_certificate()?);
+        }
         cluster.start()?;
         Ok(Self {
             url: format!(
@@ -147,6 +172,12 @@ impl TestPostgres {
         let at = rest.find('@').unwrap_or(0);
         let user = rest[..at].split(':').next().unwrap_or_default();
         (format!("{scheme}://{user}{}", &rest[at..]), Some(password))
+    }
+
+    /// The PEM certificate of the CA that signed the server's certificate: a cluster made
+    /// by [`TestPostgres::start_tls_cluster`] has one.
+    pub fn ca_pem(&self) -> Option<&str> {
+        self.cluster.as_ref().and_then(|c| c.ca_pem.as_deref())
     }
 
     /// A new connection to the test's database, for the test's own queries.
@@ -253,6 +284,41 @@ impl Cluster {
         .context("initdb of the test PostgreSQL cluster")
     }
 
+    /// Makes a test CA and a server certificate it signs, writes the certificate and key
+    /// where `ssl_cert_file` and `ssl_key_file` point (the key readable by the server's
+    /// user only, or PostgreSQL refuses it), and returns the CA's PEM certificate.
+    fn write_server_certificate(&self) -> anyhow::Result<String> {
+        use rcgen::{
+            CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair, KeyUsagePurpose,
+        };
+        let ca = test_ca("tollstream test CA")?;
+        let mut params =
+            CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])?;
+        params
+            .distinguished_name
+            .push(DnType::CommonName, "localhost");
+        params.is_ca = IsCa::ExplicitNoCa;
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        let key = KeyPair::generate()?;
+        let cert = params.signed_by(&key, &ca)?;
+        let cert_file = self.dir.path().join(SERVER_CERT);
+        let key_file = self.dir.path().join(SERVER_KEY);
+        std::fs::write(&cert_file, cert.pem())?;
+        std::fs::write(&key_file, key.serialize_pem())?;
+        std::fs::set_permissions(
+            &key_file,
+            std::os::unix::fs::PermissionsExt::from_mode(0o600),
+        )?;
+        if self.as_postgres {
+            run(Command::new("chown")
+                .arg("postgres:")
+                .arg(&cert_file)
+                .arg(&key_file))?;
+        }
+        Ok(ca.pem())
+    }
+
     /// Starts on a free port, trying another one if it was taken meanwhile.
     fn start(&mut self) -> anyhow::Result<()> {
         let mut last = None;
@@ -267,11 +333,17 @@ impl Cluster {
     }
 
     fn pg_ctl_start(&mut self) -> anyhow::Result<()> {
-        let options = format!(
+        let mut options = format!(
             "-c listen_addresses=127.0.0.1 -p {} -k {} -c fsync=on -c max_connections=40",
             self.port,
             self.dir.path().display()
         );
+        if self.ca_pem.is_some() {
+            let dir = self.dir.path().display();
+            options.push_str(&format!(
+                " -c ssl=on -c ssl_cert_file={dir}/{SERVER_CERT} -c ssl_key_file={dir}/{SERVER_KEY}"
+            ));
+        }
         let started = run(self
             .command("pg_ctl")
             .arg("-D")
@@ -302,6 +374,28 @@ impl Cluster {
         self.running = false;
         Ok(())
     }
+}
+
+/// A self-signed test CA named `name`.
+fn test_ca(name: &str) -> anyhow::Result<rcgen::CertifiedIssuer<'static, rcgen::KeyPair>> {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, KeyUsagePurpose};
+    let mut params = CertificateParams::new(Vec::<String>::new())?;
+    params.distinguished_name.push(DnType::CommonName, name);
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    Ok(rcgen::CertifiedIssuer::self_signed(
+        params,
+        KeyPair::generate()?,
+    )?)
+}
+
+/// The PEM certificate of a new test CA that signed nothing: a server certificate checked
+/// against it does not verify (`UnknownIssuer`).
+///
+/// # Errors
+/// The certificate could not be made.
+pub fn unrelated_ca_pem() -> anyhow::Result<String> {
+    Ok(test_ca("tollstream unrelated test CA")?.pem())
 }
 
 /// The directory holding `initdb` and `pg_ctl`.

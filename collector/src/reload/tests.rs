@@ -550,6 +550,35 @@ fn requests_that_cannot_work_are_refused_with_the_reason() {
         message.starts_with("--warehouse-password-file: "),
         "{message}"
     );
+    // Issue 5: the CA file goes with --warehouse, and with sslmode=require in its URL.
+    let message = refused(Request {
+        ca_file: Some("ca.pem".into()),
+        ..Request::default()
+    });
+    assert!(
+        message.contains("--warehouse-ca-file goes with --warehouse"),
+        "{message}"
+    );
+    let message = refused(Request {
+        warehouse: Some("postgres://u@127.0.0.1/db".into()),
+        ca_file: Some("ca.pem".into()),
+        ..Request::default()
+    });
+    assert!(
+        message.starts_with("--warehouse-ca-file goes with TLS")
+            && message.contains("add sslmode=require"),
+        "{message}"
+    );
+    let message = refused(Request {
+        warehouse: Some("postgres://u@127.0.0.1/db?sslmode=require".into()),
+        ca_file: Some("no-such-ca.pem".into()),
+        ..Request::default()
+    });
+    assert!(
+        message.starts_with("--warehouse-ca-file: cannot read")
+            && message.contains("no-such-ca.pem"),
+        "{message}"
+    );
     let message = refused(Request {
         until: Some("tomorrow".into()),
         ..Request::default()

@@ -20,6 +20,7 @@
 //! objects wait in the archive.
 
 pub mod migrate;
+pub mod pg_tls;
 mod postgres;
 pub mod progress;
 mod sqlite;
@@ -590,10 +591,10 @@ fn record_load(stream: &str, outcome: &LoadOutcome, took: Duration) {
 pub fn open(target: &crate::config::WarehouseTarget) -> Result<Box<dyn Warehouse>, WarehouseError> {
     Ok(match target {
         crate::config::WarehouseTarget::Sqlite(path) => Box::new(SqliteWarehouse::open(path)?),
-        crate::config::WarehouseTarget::Postgres(pg) => Box::new(PostgresWarehouse::new(
-            pg.config.clone(),
-            tokio::runtime::Handle::current(),
-        )),
+        crate::config::WarehouseTarget::Postgres(pg) => Box::new(
+            PostgresWarehouse::new(pg.config.clone(), tokio::runtime::Handle::current())
+                .with_tls(pg.tls.clone()),
+        ),
     })
 }
 

@@ -33,7 +33,7 @@ use std::time::Duration;
 use bytes::{BufMut, Bytes, BytesMut};
 use futures_util::SinkExt;
 use tokio::runtime::Handle;
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::Client;
 
 use super::{LoadJob, LoadOutcome, Warehouse, WarehouseError, migrate};
 use crate::archive::RejectedLine;
@@ -42,6 +42,8 @@ use crate::schema::{ColumnType, Schema, Value, format_timestamp};
 /// A PostgreSQL warehouse, connected on first use.
 pub struct PostgresWarehouse {
     config: tokio_postgres::Config,
+    /// Verified TLS (`sslmode=require`), or none: plain.
+    tls: Option<super::pg_tls::PgTls>,
     runtime: Handle,
     client: Option<Client>,
 }
@@ -158,9 +160,18 @@ impl PostgresWarehouse {
         config.keepalives_retries(3);
         Self {
             config,
+            tls: None,
             runtime,
             client: None,
         }
+    }
+
+    /// Connects through verified TLS with `tls` (the URL's `sslmode=require`); `None`
+    /// (the default) connects plain.
+    #[must_use]
+    pub fn with_tls(mut self, tls: Option<super::pg_tls::PgTls>) -> Self {
+        self.tls = tls;
+        self
     }
 
     /// The connection, made now if there is none.
@@ -169,12 +180,11 @@ impl PostgresWarehouse {
             self.client = None;
         }
         if self.client.is_none() {
-            let (client, connection) = self.config.connect(NoTls).await.map_err(pg("connect"))?;
-            self.runtime.spawn(async move {
-                if let Err(error) = connection.await {
-                    tracing::debug!(error = %super::pg_error_message(&error), "PostgreSQL connection ended.");
-                }
-            });
+            // The connection task is spawned on `self.runtime`: `run` drives this future
+            // with its `block_on`, inside the runtime's context.
+            let client = super::pg_tls::connect(&self.config, self.tls.as_ref())
+                .await
+                .map_err(pg("connect"))?;
             client
                 .batch_execute(
                     "SET client_min_messages = warning; SET TIME ZONE 'UTC'; \

@@ -344,13 +344,21 @@ impl Drop for Pipeline {
 }
 
 /// Points the collector at `postgres`, its password in a `warehouse.password_file` in
-/// `dir`, as an operator would keep it.
+/// `dir`, as an operator would keep it. A cluster with TLS is reached with
+/// `sslmode=require`, its CA in `warehouse-ca.pem` named by `warehouse.ca_file` (relative
+/// to the config file).
 pub fn use_postgres(
     dir: &Path,
     setup: &mut CollectorSetup,
     postgres: &TestPostgres,
 ) -> anyhow::Result<()> {
-    let (url, password) = postgres.url_and_password();
+    let (mut url, password) = postgres.url_and_password();
+    if let Some(ca_pem) = postgres.ca_pem() {
+        std::fs::write(dir.join(WAREHOUSE_CA), ca_pem)?;
+        setup.warehouse_ca_file = Some(WAREHOUSE_CA.into());
+        url.push_str(if url.contains('?') { "&" } else { "?" });
+        url.push_str("sslmode=require");
+    }
     setup.warehouse_url = Some(url);
     if let Some(password) = password {
         let file = dir.join("warehouse.password");
@@ -359,6 +367,9 @@ pub fn use_postgres(
     }
     Ok(())
 }
+
+/// The CA file of a pipeline on a PostgreSQL cluster with TLS, in its directory.
+pub const WAREHOUSE_CA: &str = "warehouse-ca.pem";
 
 /// Bytes in MiB, for printing.
 pub fn mib(bytes: u64) -> f64 {

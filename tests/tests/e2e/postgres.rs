@@ -7,7 +7,7 @@ use std::time::Duration;
 use tollstream_tests::harness::{binary, http_get, wait_for};
 use tollstream_tests::postgres::TestPostgres;
 
-use crate::fixture::{ARRIVAL_TIMEOUT, EXIT_TIMEOUT, Pipeline, archive_lines};
+use crate::fixture::{ARRIVAL_TIMEOUT, EXIT_TIMEOUT, Pipeline, WAREHOUSE_CA, archive_lines};
 
 const LINES: u64 = 200_000;
 
@@ -224,4 +224,91 @@ fn collector_killed_just_before_and_just_after_a_postgres_commit_loses_and_dupli
     assert_eq!(pipeline.collector.starts(), 5);
     pipeline.stop()?;
     pipeline.assert_exactly_once(&written)
+}
+
+/// `tollstream-collector status --json` of the pipeline's collector.
+fn status_json(pipeline: &Pipeline) -> anyhow::Result<serde_json::Value> {
+    let status = Command::new(binary("tollstream-collector")?)
+        .args(["status", "--json", "--config"])
+        .arg(pipeline.dir.path().join("collector.yaml"))
+        .output()?;
+    anyhow::ensure!(status.status.success(), "status: {status:?}");
+    Ok(serde_json::from_slice(&status.stdout)?)
+}
+
+/// Issue 5: the collector loads into a PostgreSQL server over verified TLS
+/// (`sslmode=require`, `warehouse.ca_file`, the password from `warehouse.password_file`):
+/// every line exactly once, the server sees the loader's session encrypted, and `status`
+/// and `reload --warehouse … --warehouse-ca-file` read the manifest over TLS too — with a
+/// CA that did not sign the server's certificate, `status` reports why it cannot.
+#[test]
+fn lines_load_exactly_once_into_postgres_over_verified_tls() -> anyhow::Result<()> {
+    let mut pipeline = Pipeline::start_postgres(TestPostgres::start_tls_cluster()?)?;
+    let config = std::fs::read_to_string(pipeline.dir.path().join("collector.yaml"))?;
+    assert!(
+        config.contains("sslmode=require") && config.contains("ca_file"),
+        "{config}"
+    );
+    let mut writer = pipeline.writer(3_000, 0)?;
+    writer.write_all()?;
+    let written = writer.into_summary();
+    pipeline.wait_loaded(written.valid_lines, 0)?;
+    let warehouse = pipeline.warehouse()?;
+    let encrypted = warehouse.count(
+        "SELECT COUNT(*) FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) \
+         WHERE a.application_name = 'tollstream-collector' AND s.ssl",
+    )?;
+    assert!(encrypted >= 1, "the loader's session is encrypted");
+    let plain = warehouse.count(
+        "SELECT COUNT(*) FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) \
+         WHERE a.application_name = 'tollstream-collector' AND NOT s.ssl",
+    )?;
+    assert_eq!(plain, 0, "no plain session of the collector");
+
+    let report = status_json(&pipeline)?;
+    let stream = &report["streams"][0];
+    assert_eq!(stream["warehouse"]["rows"], written.valid_lines, "{report}");
+    assert_eq!(
+        stream["problems"].as_array().map(Vec::len),
+        Some(0),
+        "{report}"
+    );
+
+    // reload into the same server named on the command line: everything is loaded already.
+    let (url, password) = pipeline.postgres().url_and_password();
+    let dir = pipeline.dir.path().to_path_buf();
+    let mut reload = Command::new(binary("tollstream-collector")?);
+    reload
+        .arg("reload")
+        .arg("--config")
+        .arg(dir.join("collector.yaml"))
+        .args(["--warehouse", &format!("{url}?sslmode=require")])
+        .arg("--warehouse-ca-file")
+        .arg(dir.join(WAREHOUSE_CA))
+        .env("TOLLSTREAM_LOG", "warn");
+    if password.is_some() {
+        reload
+            .arg("--warehouse-password-file")
+            .arg(dir.join("warehouse.password"));
+    }
+    let output = reload.output()?;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    anyhow::ensure!(output.status.success(), "reload: {output:?}");
+    assert!(stdout.contains(" 0 loaded now"), "{stdout}");
+
+    pipeline.stop()?;
+    pipeline.assert_exactly_once(&written)?;
+
+    // The wrong CA: status cannot read the manifest, and says why.
+    std::fs::write(
+        dir.join(WAREHOUSE_CA),
+        tollstream_tests::postgres::unrelated_ca_pem()?,
+    )?;
+    let report = status_json(&pipeline)?;
+    let problems = report["streams"][0]["problems"].to_string();
+    assert!(
+        problems.contains("invalid peer certificate: UnknownIssuer"),
+        "{report}"
+    );
+    Ok(())
 }
