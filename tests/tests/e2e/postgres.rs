@@ -4,6 +4,8 @@
 use std::process::Command;
 use std::time::Duration;
 
+use tokio::time::Instant;
+
 use tollstream_tests::harness::{binary, http_get, wait_for};
 use tollstream_tests::postgres::TestPostgres;
 
@@ -200,15 +202,23 @@ fn collector_killed_just_before_and_just_after_a_postgres_commit_loses_and_dupli
         pipeline
             .collector
             .start_with_env(&[("TOLLSTREAM_CRASH_AT", point)])?;
-        // Lines keep coming until the collector has killed itself at its second load.
-        let mut rounds = 0;
+        // Lines keep coming (2,000 every half second, so the run's lines last for both
+        // points) until the collector has killed itself at its second load. On a busy
+        // machine cutting and loading an object takes seconds: the deadline is generous.
+        let deadline = Instant::now() + Duration::from_secs(120);
+        let mut last_write: Option<Instant> = None;
         while pipeline.collector.is_running() {
-            anyhow::ensure!(rounds < 30, "the collector never reached {point}");
-            if !writer.is_finished() {
-                writer.write(5_000)?;
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "the collector never reached {point} within 120 s"
+            );
+            if !writer.is_finished()
+                && last_write.is_none_or(|t| t.elapsed() >= Duration::from_millis(500))
+            {
+                writer.write(2_000)?;
+                last_write = Some(Instant::now());
             }
-            std::thread::sleep(Duration::from_millis(500));
-            rounds += 1;
+            std::thread::sleep(Duration::from_millis(50)); // Polls the process, with the deadline above.
         }
         let status = pipeline.collector.try_exit();
         assert!(
