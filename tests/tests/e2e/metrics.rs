@@ -49,6 +49,20 @@ fn both_metrics_endpoints_pass_promtool_and_count_exactly_what_was_sent() -> any
         "",
         0.0,
     )?;
+    // The rows are visible once a load commits, its counters a moment later: wait for the
+    // last one counted (loads_total) to cover every archived object.
+    let port = pipeline.collector_metrics_port;
+    wait_for(
+        "every archive object counted loaded",
+        Duration::from_secs(60),
+        || {
+            let objects = Pipeline::metric(port, "tollstream_collector_archive_objects_total", "");
+            let loads = Pipeline::metric(port, "tollstream_collector_loads_total", "");
+            let backlog =
+                Pipeline::metric(port, "tollstream_collector_warehouse_backlog_objects", "");
+            objects.is_some_and(|o| o > 0.0) && objects == loads && backlog == Some(0.0)
+        },
+    )?;
     // By port, so the pipeline stays free to restart the agent below.
     let (agent_port, collector_port) =
         (pipeline.agent_metrics_port, pipeline.collector_metrics_port);
