@@ -715,6 +715,7 @@ impl Discoverer {
             checkpoints: self.checkpoints.clone(),
             clock: self.clock.clone(),
             shutdown: self.shutdown.clone(),
+            lag: crate::metrics::LagShare::new(&flow.stream),
         };
         info!(path = %found.path.display(), source = %tailer.source, offset = start, size = found.size, "Following file.");
         self.active

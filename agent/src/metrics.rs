@@ -2,12 +2,13 @@
 //! `/healthz` and `/readyz` routes.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use axum::Router;
 use axum::http::{StatusCode, header};
 use axum::routing::get;
-use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use metrics::{Gauge, Unit, describe_counter, describe_gauge, describe_histogram};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 use crate::health::Health;
 
@@ -15,19 +16,87 @@ use crate::health::Health;
 ///
 /// # Errors
 /// When another recorder is already installed.
+///
+/// # Panics
+/// Outside a tokio runtime (it spawns the upkeep task).
 pub fn install() -> anyhow::Result<PrometheusHandle> {
-    // Per-file gauges of files no longer followed disappear after an hour without updates.
+    // Histograms, not the exporter's default summaries: quantiles of summaries cannot be
+    // added up across agents, buckets can (`histogram_quantile(0.99, sum by (le) (...))`).
     let recorder = PrometheusBuilder::new()
-        .idle_timeout(
-            metrics_util::MetricKindMask::GAUGE,
-            Some(std::time::Duration::from_secs(3600)),
-        )
+        .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LATENCY_BUCKETS_SECONDS)
+        .map_err(|e| anyhow::anyhow!("configuring histogram buckets: {e}"))?
         .build_recorder();
     let handle = recorder.handle();
     metrics::set_global_recorder(recorder)
         .map_err(|e| anyhow::anyhow!("installing metrics recorder: {e}"))?;
     describe();
+    // Histogram samples pile up until drained: by a scrape, or by this task when nobody
+    // scrapes (without it, memory would grow with every batch).
+    let upkeep = handle.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(UPKEEP_INTERVAL);
+        loop {
+            tick.tick().await;
+            upkeep.run_upkeep();
+        }
+    });
     Ok(handle)
+}
+
+/// How often histogram samples are drained into their buckets.
+const UPKEEP_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Histogram bucket bounds of every `*_seconds` histogram: 1 ms to 10 min, roughly ×2.5
+/// a step (a ship includes the collector's fsync and any retry waits).
+pub const LATENCY_BUCKETS_SECONDS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+    120.0, 300.0, 600.0,
+];
+
+/// One file's share of its stream's lag gauges, `tollstream_agent_lag_bytes{stream}` (bytes
+/// read or readable and not yet acknowledged) and `tollstream_agent_files_behind{stream}`.
+///
+/// Per stream rather than per path: a booth with date-named or numbered rotations makes new
+/// paths without end, and a per-path series would either pile up or (expired while idle)
+/// vanish exactly while a quiet file waits for a collector that is down. Per-file detail is
+/// in `tollstream-agent status`. Each tailer adds the change of its own lag, and dropping
+/// the share takes its part back, so the sums stay right as files come and go.
+pub struct LagShare {
+    bytes: Gauge,
+    files: Gauge,
+    last: AtomicU64,
+}
+
+impl LagShare {
+    /// A share of `stream`'s gauges, at zero.
+    pub fn new(stream: &str) -> Self {
+        Self {
+            bytes: metrics::gauge!("tollstream_agent_lag_bytes", "stream" => stream.to_owned()),
+            files: metrics::gauge!("tollstream_agent_files_behind", "stream" => stream.to_owned()),
+            last: AtomicU64::new(0),
+        }
+    }
+
+    /// Sets this file's lag to `lag` bytes.
+    pub fn set(&self, lag: u64) {
+        let last = self.last.swap(lag, Ordering::Relaxed);
+        if last == lag {
+            return;
+        }
+        // Whole numbers below 2^53 add up exactly in an f64.
+        self.bytes.increment(lag as f64 - last as f64);
+        match (last > 0, lag > 0) {
+            (false, true) => self.files.increment(1.0),
+            (true, false) => self.files.decrement(1.0),
+            _ => {}
+        }
+    }
+}
+
+impl Drop for LagShare {
+    fn drop(&mut self) {
+        self.set(0);
+    }
 }
 
 fn describe() {
@@ -83,9 +152,13 @@ fn describe() {
         "Batches split in two because the collector answered 413."
     );
     describe_gauge!(
-        "tollstream_agent_file_lag_bytes",
+        "tollstream_agent_lag_bytes",
         Unit::Bytes,
-        "Bytes of a followed file not yet acknowledged by the collector, by path."
+        "Bytes of followed files not yet acknowledged by the collector, summed per stream."
+    );
+    describe_gauge!(
+        "tollstream_agent_files_behind",
+        "Followed files with bytes not yet acknowledged by the collector, per stream."
     );
     describe_gauge!("tollstream_agent_files_followed", "Files being followed.");
     describe_gauge!(

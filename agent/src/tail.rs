@@ -400,6 +400,8 @@ pub struct Tailer {
     pub clock: Arc<dyn Clock>,
     /// Stop reading.
     pub shutdown: CancellationToken,
+    /// This file's share of its stream's lag gauges (taken back when the tailer ends).
+    pub lag: crate::metrics::LagShare,
 }
 
 type InFlight = (oneshot::Receiver<Result<(), ShipError>>, Ack);
@@ -662,8 +664,7 @@ impl Tailer {
     }
 
     fn report_lag(&self, lag: u64) {
-        metrics::gauge!("tollstream_agent_file_lag_bytes", "path" => self.path.display().to_string())
-            .set(lag as f64);
+        self.lag.set(lag);
     }
 
     fn acked(&self, done: Ack, size: u64) {

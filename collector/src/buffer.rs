@@ -168,9 +168,13 @@ impl Buffer {
     pub async fn run(mut self) -> anyhow::Result<()> {
         let mut pending = Pending::default();
         let mut open = true;
+        // Set once per pass (per WAL group write at most), not per record.
+        let fill =
+            metrics::gauge!("tollstream_collector_buffer_bytes", "stream" => self.stream.clone());
         loop {
             let durable = *self.durable.borrow_and_update();
             self.read_available(durable, &mut pending).await?;
+            fill.set(pending.bytes as f64);
             let full = pending.is_full(self.config.max_bytes);
             let aged = pending
                 .since
@@ -242,13 +246,16 @@ impl Buffer {
                     warn!(stream = %self.stream, %error, "Archive task failed; retrying.")
                 }
             }
-            metrics::counter!("tollstream_collector_archive_errors_total").increment(1);
+            metrics::counter!("tollstream_collector_archive_errors_total", "stream" => self.stream.clone())
+                .increment(1);
             tokio::time::sleep(RETRY_DELAY).await;
         };
         let lines: u64 = records.iter().map(|r| u64::from(r.records)).sum();
         debug!(stream = %self.stream, path = %object.path.display(), lines, "Archived.");
-        metrics::counter!("tollstream_collector_archive_objects_total").increment(1);
-        metrics::counter!("tollstream_collector_archive_records_total").increment(lines);
+        metrics::counter!("tollstream_collector_archive_objects_total", "stream" => self.stream.clone())
+            .increment(1);
+        metrics::counter!("tollstream_collector_archive_records_total", "stream" => self.stream.clone())
+            .increment(lines);
         self.consumers.advance(CONSUMER, object.last_seq);
         // Never waits for the loader: while the warehouse is slow or down the archive keeps
         // growing (and the WAL keeps shrinking); a loader that missed objects finds them

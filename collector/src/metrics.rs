@@ -4,20 +4,48 @@ use axum::Router;
 use axum::http::header;
 use axum::routing::get;
 use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 /// Installs the global recorder (once per process) and describes every metric.
 ///
 /// # Errors
 /// When another recorder is already installed.
+///
+/// # Panics
+/// Outside a tokio runtime (it spawns the upkeep task).
 pub fn install() -> anyhow::Result<PrometheusHandle> {
-    let recorder = PrometheusBuilder::new().build_recorder();
+    // Histograms, not the exporter's default summaries: quantiles of summaries cannot be
+    // added up across collectors or streams, buckets can.
+    let recorder = PrometheusBuilder::new()
+        .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LATENCY_BUCKETS_SECONDS)
+        .map_err(|e| anyhow::anyhow!("configuring histogram buckets: {e}"))?
+        .build_recorder();
     let handle = recorder.handle();
     metrics::set_global_recorder(recorder)
         .map_err(|e| anyhow::anyhow!("installing metrics recorder: {e}"))?;
     describe();
+    // Histogram samples pile up until drained: by a scrape, or by this task when nobody
+    // scrapes (without it, memory would grow with every batch).
+    let upkeep = handle.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(UPKEEP_INTERVAL);
+        loop {
+            tick.tick().await;
+            upkeep.run_upkeep();
+        }
+    });
     Ok(handle)
 }
+
+/// How often histogram samples are drained into their buckets.
+const UPKEEP_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Histogram bucket bounds of every `*_seconds` histogram: 1 ms to 1 h, roughly ×2.5 a step
+/// (an fsync takes milliseconds, a load lag minutes while the warehouse is slow).
+pub const LATENCY_BUCKETS_SECONDS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+    120.0, 300.0, 600.0, 1800.0, 3600.0,
+];
 
 fn describe() {
     describe_counter!(
@@ -60,6 +88,11 @@ fn describe() {
         "tollstream_collector_wal_fsync_seconds",
         Unit::Seconds,
         "Duration of one WAL group write and fsync."
+    );
+    describe_gauge!(
+        "tollstream_collector_buffer_bytes",
+        Unit::Bytes,
+        "Bytes of durable WAL records gathered for the stream's next archive object (cut at buffer.max_bytes or buffer.max_age)."
     );
     describe_counter!(
         "tollstream_collector_archive_objects_total",

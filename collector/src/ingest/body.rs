@@ -107,6 +107,18 @@ impl Held {
     }
 }
 
+impl Drop for Held {
+    fn drop(&mut self) {
+        if let Some(permit) = self.permit.take() {
+            drop(permit);
+            // Once per request: without it the gauge would keep the level of the last
+            // request's arrival after a burst ended.
+            metrics::gauge!("tollstream_collector_ingest_buffered_bytes")
+                .set((self.budget.total() - self.budget.available()) as f64);
+        }
+    }
+}
+
 /// What a body buffer starts with when `Content-Length` is known (it grows, counted, as
 /// bytes arrive).
 const INITIAL_BODY_CAPACITY: u64 = 1 << 20;

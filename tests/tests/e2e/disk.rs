@@ -150,7 +150,7 @@ fn a_full_disk_refuses_batches_with_503_and_everything_loads_once_space_returns(
             || {
                 disk_full_refusals(&pipeline) > before
                     || pipeline
-                        .agent_metric("tollstream_agent_file_lag_bytes", "")
+                        .agent_metric("tollstream_agent_lag_bytes", "")
                         .is_some_and(|lag| lag == 0.0)
             },
         )?;

@@ -10,6 +10,7 @@ mod files;
 mod fixture;
 mod ingest;
 mod logrotate;
+mod metrics;
 mod model;
 mod pipeline;
 mod postgres;
