@@ -51,6 +51,10 @@ pub struct Buffer {
     pub position_file: PathBuf,
     /// Objects for the loader.
     pub objects: mpsc::Sender<ArchiveObject>,
+    /// The last archived sequence number, published after each object is offered to
+    /// `objects` (so a loader that finds the queue empty and this ahead knows objects were
+    /// left in the archive for it).
+    pub archived: watch::Sender<u64>,
 }
 
 /// Reads the last archived sequence number from the position file (0 when absent).
@@ -260,12 +264,14 @@ impl Buffer {
         // Never waits for the loader: while the warehouse is slow or down the archive keeps
         // growing (and the WAL keeps shrinking); a loader that missed objects finds them
         // in the archive.
+        let last_seq = object.last_seq;
         match self.objects.try_send(object) {
             Ok(()) | Err(mpsc::error::TrySendError::Full(_)) => {}
             Err(mpsc::error::TrySendError::Closed(_)) => {
                 warn!(stream = %self.stream, "Loader has stopped; the archived object will be loaded at the next start.");
             }
         }
+        self.archived.send_replace(last_seq);
     }
 }
 

@@ -174,6 +174,7 @@ pub async fn run(
         )?;
         wal.consumers().advance(buffer::CONSUMER, position);
         let (objects_tx, objects_rx) = mpsc::channel(16);
+        let (archived_tx, archived_rx) = tokio::sync::watch::channel(position);
         let buffer = Buffer {
             stream: name.clone(),
             config: stream.buffer.clone(),
@@ -183,6 +184,7 @@ pub async fn run(
             consumers: wal.consumers(),
             position_file,
             objects: objects_tx,
+            archived: archived_tx,
         };
         let schema = stream
             .schema
@@ -191,6 +193,7 @@ pub async fn run(
         let progress = LoadProgress::new(name, clock.clone(), mask.clone());
         loads.push(progress.clone());
         let loader = Loader {
+            archived: archived_rx,
             stopping: shutdown.clone(),
             progress,
             stream: name.clone(),

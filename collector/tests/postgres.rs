@@ -421,6 +421,8 @@ fn the_loader_waits_for_a_server_that_is_down_and_loads_everything_once_it_is_up
     let warehouse = Arc::new(Mutex::new(warehouse));
     let (objects_tx, objects) = mpsc::channel(4);
     let loader = Loader {
+        // No buffer here: everything in the archive counts as archived.
+        archived: tokio::sync::watch::channel(u64::MAX).1,
         stopping: tokio_util::sync::CancellationToken::new(),
         stream: "s".into(),
         table: "t".into(),

@@ -460,6 +460,8 @@ fn live_load(setup: &Setup, db: &Path) {
         drop(objects_tx); // Catch up, then stop.
         let root = setup.config.data_dir.join("archive");
         Loader {
+            // No buffer here: everything in the archive counts as archived.
+            archived: tokio::sync::watch::channel(u64::MAX).1,
             stopping: tokio_util::sync::CancellationToken::new(),
             progress: crate::warehouse::LoadProgress::new(
                 "s",

@@ -303,7 +303,7 @@ impl SchemaConfig {
             }
             if !crate::config::valid_identifier(&column) {
                 return Err(at(format!(
-                    "{column:?} is not a plain SQL identifier (a-z, 0-9, _, not starting with a digit){}",
+                    "{column:?} is not a plain SQL identifier (a-z, 0-9, _, not starting with a digit, not an SQL keyword such as user or order){}",
                     if c.column.is_none() {
                         "; name the warehouse column with `column:`"
                     } else {

@@ -163,6 +163,13 @@ fn bad_schema_configs_say_which_column_and_why() {
             .contains("columns[0] (Amount): \"Amount\" is not a plain SQL identifier")
     );
     assert!(err("columns:\n- { name: a, type: decimal }\n").contains("needs `scale:`"));
+    assert!(
+        err("format: json\ncolumns:\n- { name: user, type: text }\n").contains(
+            "not an SQL keyword such as user or order); name the warehouse column with `column:`"
+        )
+    );
+    config("format: json\ncolumns:\n- { name: user, type: text, column: user_name }\n")
+        .expect("a keyword as a JSON key is fine with its own column name");
     assert!(err("columns:\n- { name: a, type: decimal, scale: 19 }\n").contains("at most 18"));
     assert!(
         err("columns:\n- { name: a, type: text, scale: 2 }\n").contains("decimal columns only")
@@ -200,4 +207,20 @@ fn the_toll_schema_survives_a_round_trip_through_its_recorded_form() {
     assert_eq!(back, schema);
     assert_eq!(schema.unique_key, ["transaction_id"]);
     assert!(schema.columns[0].index);
+}
+
+#[test]
+fn timestamps_outside_years_1_to_9999_are_rejected_alike_by_both_backends() {
+    let schema = config("columns:\n- { name: at, type: timestamp }\n").expect("valid");
+    let mut row = Vec::new();
+    for bad in ["0000-06-01T00:00:00Z", "0001-01-01T00:30:00+01:00"] {
+        let reason = schema.parse(bad.as_bytes(), &mut row).expect_err(bad);
+        assert!(reason.contains("outside years 1 to 9999"), "{reason}");
+    }
+    schema
+        .parse(b"0001-01-01T00:00:00Z", &mut row)
+        .expect("year 1 is fine");
+    schema
+        .parse(b"9999-12-30T00:00:00Z", &mut row)
+        .expect("year 9999 is fine");
 }

@@ -56,10 +56,21 @@ fn parse_value(raw: &str, ty: &ColumnType) -> Result<Value, String> {
                     )
                 })
         }
-        ColumnType::Timestamp => raw
-            .parse::<Timestamp>()
-            .map(Value::Timestamp)
-            .map_err(|_| format!("{} is not an RFC 3339 timestamp with an offset", shown(raw))),
+        ColumnType::Timestamp => {
+            let ts = raw.parse::<Timestamp>().map_err(|_| {
+                format!("{} is not an RFC 3339 timestamp with an offset", shown(raw))
+            })?;
+            // Both warehouses hold years 1 to 9999 in UTC (PostgreSQL refuses year 0).
+            const YEAR_1: i64 = -62_135_596_800; // 0001-01-01T00:00:00Z
+            const YEAR_10000: i64 = 253_402_300_800; // 10000-01-01T00:00:00Z
+            if !(YEAR_1..YEAR_10000).contains(&ts.as_second()) {
+                return Err(format!(
+                    "{} is outside years 1 to 9999 (UTC), which the warehouse can hold",
+                    shown(raw)
+                ));
+            }
+            Ok(Value::Timestamp(ts))
+        }
         ColumnType::Boolean => parse_bool(raw)
             .map(Value::Boolean)
             .ok_or_else(|| format!("{} is not a boolean (true or false)", shown(raw))),

@@ -45,6 +45,8 @@ pub struct ExistingColumn {
 pub struct ExistingTable {
     /// Its columns.
     pub columns: Vec<ExistingColumn>,
+    /// The columns of its primary key (none: no primary key).
+    pub primary_key: Vec<String>,
     /// The newest recorded definition and its version; none for a table made by a
     /// collector before versions were recorded, or by hand.
     pub recorded: Option<(i64, Schema)>,
@@ -94,20 +96,14 @@ pub fn plan(
     let refuse = |what: String| {
         WarehouseError::Incompatible(format!(
             "stream {stream}: table {table} {what}. tollstream changes a table only by adding \
-             columns; change the table by hand first, or give the stream a new table name \
-             (streams.{stream}.table)"
+             columns: give the stream a new table (streams.{stream}.table) and `reload` the \
+             archive into it, or change the table by hand first (for a decimal scale, also \
+             record the new definition: see the README's Stream schemas)"
         ))
     };
     if let Some((_, recorded)) = &existing.recorded {
         if recorded == schema {
             return Ok(Plan::Unchanged);
-        }
-        if recorded.unique_key != schema.unique_key {
-            return Err(refuse(format!(
-                "has the natural key ({}) but the config says ({})",
-                recorded.unique_key.join(", "),
-                schema.unique_key.join(", ")
-            )));
         }
         for old in &recorded.columns {
             let Some(new) = schema.column(&old.column) else {
@@ -126,6 +122,18 @@ pub fn plan(
                 )));
             }
         }
+    }
+    // The key as the table has it (not as recorded): a key changed by hand counts.
+    let mut table_key = existing.primary_key.clone();
+    let mut config_key = schema.unique_key.clone();
+    table_key.sort();
+    config_key.sort();
+    if table_key != config_key {
+        return Err(refuse(format!(
+            "has the natural key ({}) but the config says ({})",
+            existing.primary_key.join(", "),
+            schema.unique_key.join(", ")
+        )));
     }
     for column in &existing.columns {
         if LOADER_COLUMNS.contains(&column.name.as_str()) {
@@ -348,6 +356,7 @@ mod tests {
         }));
         ExistingTable {
             columns,
+            primary_key: schema.unique_key.clone(),
             recorded: recorded.then(|| (1, schema.clone())),
         }
     }

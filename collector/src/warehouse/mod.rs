@@ -327,6 +327,10 @@ pub struct Loader<W: Warehouse> {
     pub objects: mpsc::Receiver<ArchiveObject>,
     /// Where the loader reports what it loaded and what fails (gauges, `/readyz`).
     pub progress: Arc<LoadProgress>,
+    /// The last sequence number the buffer has archived (published after the object is in
+    /// place and offered to `objects`): what the loader finds in the archive when the
+    /// queue was full.
+    pub archived: tokio::sync::watch::Receiver<u64>,
     /// Cancelled when the collector stops. A loader with a working warehouse still loads
     /// what the buffer queues until the buffer ends; one whose warehouse fails gives up at
     /// once instead of retrying through the shutdown grace period.
@@ -342,55 +346,103 @@ impl<W: Warehouse> Loader<W> {
     /// # Errors
     /// Only if the blocking pool is gone; load failures are retried.
     pub async fn run(mut self) -> anyhow::Result<()> {
+        // Everything archived up to here was renamed into place before the listing below
+        // starts, so the listing cannot miss any of it (a directory read may or may not
+        // show files added while it runs: what comes later arrives through the queue).
+        let bound = *self.archived.borrow();
         let Some((mut loaded, backlog)) = self.catch_up_list().await else {
             return self.gave_up(None);
         };
+        let backlog: Vec<ArchiveObject> = backlog
+            .into_iter()
+            .filter(|o| o.last_seq <= bound.max(loaded))
+            .collect();
         if !backlog.is_empty() {
             info!(stream = %self.stream, objects = backlog.len(), "Loading archive objects not yet in the warehouse.");
         }
-        // The backlog: objects listed at start and not loaded yet, the one being loaded,
-        // and those the buffer has queued (at most one more waits in the buffer itself).
-        let mut listed = backlog.len();
-        for object in backlog {
-            crate::crashpoint::hit("recovery-catch-up");
-            self.progress.backlog(listed + self.objects.len());
-            let Some(now) = self.load_until_done(object, loaded).await else {
-                return self.gave_up(Some(loaded));
-            };
-            loaded = now;
-            listed -= 1;
-        }
+        let Some(now) = self.load_listed(backlog, loaded, true).await else {
+            return self.gave_up(Some(loaded));
+        };
+        loaded = now;
         self.progress.backlog(self.objects.len());
-        while let Some(object) = self.objects.recv().await {
-            if object.last_seq <= loaded {
-                continue;
-            }
-            if object.first_seq > loaded + 1 {
-                // The buffer does not wait for a slow loader: objects it could not queue
-                // are in the archive. Load them all, this one included, in order.
+        let mut archived = self.archived.clone();
+        let mut watching = true;
+        loop {
+            let bound = tokio::select! {
+                biased;
+                received = self.objects.recv() => {
+                    let Some(object) = received else { break };
+                    if object.last_seq <= loaded {
+                        continue;
+                    }
+                    // In place (renamed) before it was queued, as is every object before it.
+                    let mut bound = object.last_seq;
+                    if object.first_seq == loaded + 1 {
+                        self.progress.backlog(1 + self.objects.len());
+                        let Some(now) = self.load_until_done(object, loaded).await else {
+                            return self.gave_up(Some(loaded));
+                        };
+                        loaded = now;
+                        self.progress.backlog(self.objects.len());
+                    }
+                    // Objects before it (and, once the queue is empty, after it) that the
+                    // buffer could not queue are in the archive.
+                    if self.objects.is_empty() {
+                        bound = bound.max(*self.archived.borrow());
+                    }
+                    bound
+                }
+                changed = archived.changed(), if watching => {
+                    if changed.is_err() {
+                        watching = false; // The buffer stopped; the queue ends too.
+                        continue;
+                    }
+                    if !self.objects.is_empty() {
+                        continue;
+                    }
+                    *archived.borrow_and_update()
+                }
+            };
+            if bound > loaded {
+                // The buffer does not wait for a slow loader: what it could not queue is
+                // in the archive, renamed into place before `bound` was published.
                 let Some(missed) = self.list_archive_after(loaded).await else {
                     return self.gave_up(Some(loaded));
                 };
-                let mut left = missed.len();
-                for object in missed {
-                    self.progress.backlog(left + self.objects.len());
-                    let Some(now) = self.load_until_done(object, loaded).await else {
-                        return self.gave_up(Some(loaded));
-                    };
-                    loaded = now;
-                    left -= 1;
-                }
-            } else {
-                self.progress.backlog(1 + self.objects.len());
-                let Some(now) = self.load_until_done(object, loaded).await else {
+                let missed = missed.into_iter().filter(|o| o.last_seq <= bound).collect();
+                let Some(now) = self.load_listed(missed, loaded, false).await else {
                     return self.gave_up(Some(loaded));
                 };
                 loaded = now;
+                self.progress.backlog(self.objects.len());
             }
-            self.progress.backlog(self.objects.len());
         }
         info!(stream = %self.stream, last_loaded_seq = loaded, "Loader stopped.");
         Ok(())
+    }
+
+    /// Loads listed objects in order; the new position, or none if the collector stopped
+    /// while the warehouse failed.
+    async fn load_listed(
+        &mut self,
+        listed: Vec<ArchiveObject>,
+        mut loaded: u64,
+        at_start: bool,
+    ) -> Option<u64> {
+        let mut left = listed.len();
+        for object in listed {
+            if object.last_seq <= loaded {
+                left -= 1;
+                continue;
+            }
+            if at_start {
+                crate::crashpoint::hit("recovery-catch-up");
+            }
+            self.progress.backlog(left + self.objects.len());
+            loaded = self.load_until_done(object, loaded).await?;
+            left -= 1;
+        }
+        Some(loaded)
     }
 
     /// Waits `delay` before a retry and doubles it; true instead when the collector is
@@ -629,8 +681,10 @@ mod tests {
         let warehouse = SqliteWarehouse::open(&dir.path().join("w.db")).expect("open");
         let warehouse = Arc::new(Mutex::new(warehouse));
         let (objects_tx, rx) = mpsc::channel(1);
+        let (archived_tx, archived) = tokio::sync::watch::channel(1);
         let clock = crate::clock::FakeClock::new("2025-11-25T17:00:00Z".parse().expect("time"));
         let loader = Loader {
+            archived,
             stopping: CancellationToken::new(),
             stream: "s".into(),
             table: "t".into(),
@@ -654,17 +708,25 @@ mod tests {
             assert!(tokio::time::Instant::now() < deadline, "catch-up at start");
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        // The buffer archived 2 to 5 but queued only 4 and 5: 2 and 3 found the queue full.
-        let later: Vec<ArchiveObject> = (2..=5).map(write).collect();
+        // The buffer archived 2 to 6 but queued only 4: 2 and 3 before it and 5 and 6 after
+        // it found the queue full; then it published 6 as archived, and nothing more came.
+        let later: Vec<ArchiveObject> = (2..=6).map(write).collect();
         objects_tx.send(later[2].clone()).await.expect("queued");
-        objects_tx.send(later[3].clone()).await.expect("queued");
-        drop(objects_tx);
+        archived_tx.send_replace(6);
+        while loaded() < 6 {
+            assert!(
+                tokio::time::Instant::now() < deadline + Duration::from_secs(10),
+                "the objects left in the archive are loaded without another object coming"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        drop((objects_tx, archived_tx));
         tokio::time::timeout(Duration::from_secs(10), running)
             .await
             .expect("loader done")
             .expect("task")
             .expect("loader");
-        assert_eq!(loaded(), 5);
+        assert_eq!(loaded(), 6);
         let db = rusqlite::Connection::open(dir.path().join("w.db")).expect("open");
         let (rows, loads): (i64, i64) = db
             .query_row(
@@ -673,7 +735,7 @@ mod tests {
                 |r| Ok((r.get(0)?, r.get(1)?)),
             )
             .expect("counted");
-        assert_eq!((rows, loads), (5, 5), "each object once, none skipped");
+        assert_eq!((rows, loads), (6, 6), "each object once, none skipped");
     }
 
     #[tokio::test]
@@ -686,6 +748,8 @@ mod tests {
         let clock = crate::clock::FakeClock::new("2025-11-25T17:00:00Z".parse().expect("time"));
         let stopping = CancellationToken::new();
         let loader = Loader {
+            // No buffer here: everything in the archive counts as archived.
+            archived: tokio::sync::watch::channel(u64::MAX).1,
             stopping: stopping.clone(),
             stream: "s".into(),
             table: "t".into(),
@@ -758,6 +822,8 @@ mod tests {
         let clock = crate::clock::FakeClock::new("2025-11-25T17:00:00Z".parse().expect("time"));
         let progress = LoadProgress::new("s", Arc::new(clock), progress::Mask::default());
         let loader = Loader {
+            // No buffer here: everything in the archive counts as archived.
+            archived: tokio::sync::watch::channel(u64::MAX).1,
             stopping: CancellationToken::new(),
             stream: "s".into(),
             table: "t".into(),

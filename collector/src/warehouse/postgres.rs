@@ -37,7 +37,7 @@ use tokio_postgres::Client;
 
 use super::{LoadJob, LoadOutcome, Warehouse, WarehouseError, migrate};
 use crate::archive::RejectedLine;
-use crate::schema::{ColumnType, Schema, Value, format_timestamp};
+use crate::schema::{ColumnType, Schema, Value};
 
 /// A PostgreSQL warehouse, connected on first use.
 pub struct PostgresWarehouse {
@@ -241,13 +241,16 @@ impl PostgresWarehouse {
             .await
             .map_err(pg("drop the old staging table"))?;
         }
-        if let Some(version) = version {
+        if version.is_some() {
             let definition = serde_json::to_string(schema)
                 .map_err(|e| WarehouseError::Invalid(format!("recording the schema: {e}")))?;
+            // Numbered after the table's last recorded version, also when the table was
+            // dropped by hand and is made again.
             tx.execute(
                 "INSERT INTO tollstream_table_versions (table_name, version, stream, definition) \
-                 VALUES ($1, $2, $3, $4::text::jsonb)",
-                &[&table, &version, &stream, &definition],
+                 SELECT $1::text, COALESCE(MAX(version), 0) + 1, $2::text, $3::text::jsonb \
+                 FROM tollstream_table_versions WHERE table_name = $1::text",
+                &[&table, &stream, &definition],
             )
             .await
             .map_err(pg("record table version"))?;
@@ -523,7 +526,24 @@ async fn existing_table(
             ))
         }
     };
-    Ok(Some(migrate::ExistingTable { columns, recorded }))
+    let primary_key: Vec<String> = tx
+        .query(
+            "SELECT a.attname::text FROM pg_index i \
+             JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY (i.indkey) \
+             WHERE i.indrelid = to_regclass($1) AND i.indisprimary \
+             ORDER BY array_position(i.indkey::int2[], a.attnum)",
+            &[&table],
+        )
+        .await
+        .map_err(pg("read the table's primary key"))?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    Ok(Some(migrate::ExistingTable {
+        columns,
+        primary_key,
+        recorded,
+    }))
 }
 
 /// The temporary table a load of `table` stages its rows in.
@@ -582,7 +602,10 @@ fn put_value(out: &mut BytesMut, value: &Value) {
         Value::Integer(n) => {
             let _ = write!(Writer(out), "{n}");
         }
-        Value::Timestamp(ts) => out.put_slice(format_timestamp(*ts).as_bytes()),
+        // Microseconds, all that timestamptz keeps (SQLite's text keeps milliseconds).
+        Value::Timestamp(ts) => {
+            let _ = write!(Writer(out), "{}", ts.strftime("%Y-%m-%dT%H:%M:%S%.6fZ"));
+        }
         Value::Boolean(b) => out.put_u8(if *b { b't' } else { b'f' }),
         Value::Null => out.put_slice(b"\\N"),
     }

@@ -217,7 +217,18 @@ fn existing_table(
             Some((version, recorded_schema(table, version, &definition)?))
         }
     };
-    Ok(Some(migrate::ExistingTable { columns, recorded }))
+    let primary_key = conn
+        .prepare("SELECT name FROM pragma_table_info(?1) WHERE pk > 0 ORDER BY pk")
+        .and_then(|mut stmt| {
+            stmt.query_map([table], |r| r.get(0))?
+                .collect::<Result<Vec<String>, _>>()
+        })
+        .map_err(sql("read the table's primary key"))?;
+    Ok(Some(migrate::ExistingTable {
+        columns,
+        primary_key,
+        recorded,
+    }))
 }
 
 /// A recorded definition read back.
@@ -310,12 +321,16 @@ impl Warehouse for SqliteWarehouse {
             tx.execute_batch(&statement)
                 .map_err(sql("create or change the stream table"))?;
         }
-        if let Some(version) = version {
+        if version.is_some() {
             let definition = serde_json::to_string(schema)
                 .map_err(|e| WarehouseError::Invalid(format!("recording the schema: {e}")))?;
+            // Numbered after the table's last recorded version, also when the table was
+            // dropped by hand and is made again.
             tx.execute(
-                "INSERT INTO tollstream_table_versions (table_name, version, stream, definition) VALUES (?1, ?2, ?3, ?4)",
-                params![table, version, stream, definition],
+                "INSERT INTO tollstream_table_versions (table_name, version, stream, definition) \
+                 SELECT ?1, COALESCE(MAX(version), 0) + 1, ?2, ?3 FROM tollstream_table_versions \
+                 WHERE table_name = ?1",
+                params![table, stream, definition],
             )
             .map_err(sql("record table version"))?;
         }
