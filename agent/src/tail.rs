@@ -400,6 +400,8 @@ pub struct Tailer {
     pub clock: Arc<dyn Clock>,
     /// Stop reading.
     pub shutdown: CancellationToken,
+    /// Beats while the tailer works; parked while it waits (see [`crate::systemd`]).
+    pub heartbeat: Arc<crate::systemd::Heartbeat>,
 }
 
 type InFlight = (oneshot::Receiver<Result<(), ShipError>>, Ack);
@@ -441,6 +443,7 @@ impl Tailer {
         let held = |j: &Option<Joiner>| j.as_ref().map_or(0, Joiner::held);
         debug!(path = %self.path.display(), source = %self.source, offset = self.start, "Tailing.");
         let end = loop {
+            self.heartbeat.beat();
             if self.shutdown.is_cancelled() {
                 break TailEnd::Shutdown;
             }
@@ -516,6 +519,9 @@ impl Tailer {
                     Some(next) => next,
                     None => self.seal(&mut pending).await,
                 };
+                // A full queue to the shipper is backpressure, not a stall; the shipper
+                // retries on its own.
+                self.heartbeat.park();
                 match self.send(next).await {
                     Some(sent) => in_flight.push_back(sent),
                     None => break TailEnd::ShipperGone,
@@ -552,6 +558,14 @@ impl Tailer {
                 flush_joiner(&mut joiner, &mut pending);
                 continue;
             }
+            // Back after the next poll, batch deadline or multiline flush; waiting only for
+            // acks (the collector is slow or away) is not a stall.
+            let poll = idle_backoff(self.poll_interval, idle_polls);
+            let poll_at = eof.then(|| Instant::now() + poll);
+            match [poll_at, deadline, flush_at].into_iter().flatten().min() {
+                Some(at) => self.heartbeat.park_until(at),
+                None => self.heartbeat.park(),
+            }
             tokio::select! {
                 ack = wait_ack(&mut in_flight) => {
                     let (result, done) = ack;
@@ -569,7 +583,7 @@ impl Tailer {
                     }
                 }
                 () = self.wake.notified(), if eof => idle_polls = 0,
-                () = tokio::time::sleep(idle_backoff(self.poll_interval, idle_polls)), if eof => {
+                () = tokio::time::sleep(poll), if eof => {
                     idle_polls = idle_polls.saturating_add(1);
                 }
                 () = sleep_until(deadline) => {}
@@ -579,6 +593,7 @@ impl Tailer {
         };
         // Stop reading, but let the batches in flight finish: their acks move the
         // checkpoint, so the next start does not send them again.
+        self.heartbeat.park();
         let mut delivered = !ack_failed;
         while !in_flight.is_empty() {
             let (result, done) = wait_ack(&mut in_flight).await;
