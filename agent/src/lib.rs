@@ -159,6 +159,8 @@ pub async fn run(
     }
 
     shutdown.cancelled().await;
+    // systemd stops watching once it is told STOPPING=1.
+    stop_watchdog.cancel();
     systemd::stopping("Stopping: waiting for batches in flight, then writing the checkpoint.");
     info!(grace = ?config.shutdown_grace, "Stopping: no more reading; waiting for batches in flight.");
     // Past the grace period the shipper stops retrying; unacknowledged batches stay in
@@ -173,7 +175,6 @@ pub async fn run(
     shipper.await.context("shipper task")?;
     stop_checkpointer.cancel();
     checkpointer.await.context("checkpointer task")?;
-    stop_watchdog.cancel();
     info!("Agent stopped; checkpoint written.");
     Ok(())
 }

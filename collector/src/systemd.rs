@@ -27,8 +27,29 @@ use tracing::{debug, error};
 const UNSUPERVISED_MAX_DELAY: Duration = Duration::from_secs(60);
 
 /// Sends `states` to the service manager, if there is one.
+///
+/// Never blocks (unlike `sd_notify::notify`): a notification is a datagram, and a blocking
+/// send to a receiver that does not read — a full queue — would hang a runtime thread,
+/// and with it the shutdown. systemd reads at once; a message it has no room for is
+/// dropped, and the next watchdog tick sends another.
 fn send(states: &[NotifyState<'_>]) {
-    if let Err(error) = sd_notify::notify(states) {
+    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
+        return;
+    };
+    let message: String = states.iter().map(|s| format!("{s}\n")).collect();
+    let sent = (|| {
+        let socket = std::os::unix::net::UnixDatagram::unbound()?;
+        socket.set_nonblocking(true)?;
+        match path.as_encoded_bytes().strip_prefix(b"@") {
+            Some(name) => {
+                use std::os::linux::net::SocketAddrExt;
+                let addr = std::os::unix::net::SocketAddr::from_abstract_name(name)?;
+                socket.send_to_addr(message.as_bytes(), &addr)
+            }
+            None => socket.send_to(message.as_bytes(), &path),
+        }
+    })();
+    if let Err(error) = sent {
         debug!(%error, "Could not notify systemd.");
     }
 }
