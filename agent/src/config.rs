@@ -11,37 +11,15 @@ use std::time::Duration;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-/// Why a configuration could not be loaded.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    /// The file could not be read.
-    #[error("reading {path}: {source}")]
-    Read {
-        /// The config file.
-        path: PathBuf,
-        /// The I/O error.
-        #[source]
-        source: std::io::Error,
-    },
-    /// The YAML was malformed or a key had the wrong type.
-    #[error("{path}: {message}")]
-    Parse {
-        /// The config file.
-        path: PathBuf,
-        /// The key path, e.g. `flows[0].batch.max_bytes`.
-        key: String,
-        /// What the parser expected, with line and column.
-        message: String,
-    },
-    /// The values parsed but do not make sense together.
-    #[error("{path}: {message}")]
-    Invalid {
-        /// The config file.
-        path: PathBuf,
-        /// Which key is wrong and how to fix it.
-        message: String,
-    },
-}
+mod error;
+
+pub use error::{ConfigError, Origin};
+
+/// Environment variables that override a key of the file: (key path, variable).
+pub const ENV_OVERRIDES: [(&str, &str); 2] = [
+    ("agent_id", "TOLLSTREAM_AGENT_ID"),
+    ("collector.url", "TOLLSTREAM_COLLECTOR_URL"),
+];
 
 /// The whole agent configuration.
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -80,6 +58,9 @@ pub struct Config {
     pub checkpoint_retention: Duration,
     /// What to watch and where it goes.
     pub flows: Vec<FlowConfig>,
+    /// Keys set by environment variables rather than the file: (key path, variable).
+    #[serde(skip)]
+    pub overridden: Vec<(&'static str, &'static str)>,
 }
 
 /// Where batches go.
@@ -267,11 +248,16 @@ impl Config {
             source,
         })?;
         let mut config = Self::parse(&text, path)?;
-        if let Ok(id) = std::env::var("TOLLSTREAM_AGENT_ID") {
-            config.agent_id = Some(id);
-        }
-        if let Ok(url) = std::env::var("TOLLSTREAM_COLLECTOR_URL") {
-            config.collector.url = url;
+        // Set and not empty (`Environment=TOLLSTREAM_AGENT_ID=` in a drop-in unsets it).
+        for (key, var) in ENV_OVERRIDES {
+            let Some(value) = std::env::var(var).ok().filter(|v| !v.is_empty()) else {
+                continue;
+            };
+            match key {
+                "agent_id" => config.agent_id = Some(value),
+                _ => config.collector.url = value,
+            }
+            config.overridden.push((key, var));
         }
         // Absolute, so paths match what file events and logs report.
         let parent = path
@@ -295,7 +281,9 @@ impl Config {
         if config.agent_id.is_none() {
             config.agent_id = Some(gethostname::gethostname().to_string_lossy().into_owned());
         }
-        config.validate(path)?;
+        config
+            .validate()
+            .map_err(|message| error::invalid(&text, path, &config.overridden, message))?;
         Ok(config)
     }
 
@@ -305,43 +293,31 @@ impl Config {
     /// [`ConfigError::Parse`] with the key path, line and column.
     pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
         let de = yaml_serde::Deserializer::from_str(text);
-        serde_path_to_error::deserialize(de).map_err(|e| {
-            let key = e.path().to_string();
-            let message = e.inner().to_string();
-            // The YAML parser often names the enclosing key itself; do not say it twice.
-            let parent = key
-                .rsplit_once('.')
-                .map_or(key.as_str(), |(parent, _)| parent);
-            let message = if key == "." || message.starts_with(parent) {
-                message
-            } else {
-                format!("{key}: {message}")
-            };
-            ConfigError::Parse {
-                path: path.to_path_buf(),
-                key,
-                message,
-            }
-        })
+        serde_path_to_error::deserialize(de).map_err(|e| error::parse_error(&e, text, path))
     }
 
-    /// The effective configuration as YAML, for `check-config`.
+    /// The effective configuration as YAML, for `check-config`, with a comment naming each
+    /// key an environment variable set. It holds no secret (the token stays in its file).
     ///
     /// # Errors
     /// Serialisation errors (none are expected for a loaded config).
     pub fn to_yaml(&self) -> Result<String, String> {
-        yaml_serde::to_string(self).map_err(|e| e.to_string())
+        let yaml = yaml_serde::to_string(self).map_err(|e| e.to_string())?;
+        let notes: String = self
+            .overridden
+            .iter()
+            .map(|(key, var)| format!("# {key}: from the environment variable {var}\n"))
+            .collect();
+        Ok(notes + &yaml)
     }
 
     /// Checks values that parse but cannot work.
     ///
     /// # Errors
-    /// [`ConfigError::Invalid`] naming the key and how to fix it.
-    pub fn validate(&self, path: &Path) -> Result<(), ConfigError> {
-        let invalid = |message: String| ConfigError::Invalid {
-            path: path.to_path_buf(),
-            message,
-        };
+    /// A message that starts with the key path and says how to fix it ([`Config::load`]
+    /// turns it into a [`ConfigError::Invalid`] with the line).
+    pub fn validate(&self) -> Result<(), String> {
+        let invalid = |message: String| message;
         let id = self.agent_id.as_deref().unwrap_or("");
         if id.is_empty() || id.len() > 128 || !id.bytes().all(|b| b.is_ascii_graphic() && b != b'/')
         {
@@ -370,9 +346,12 @@ impl Config {
                 )));
             }
         }
-        if self.collector.max_in_flight == 0 || self.collector.max_in_flight_per_file == 0 {
+        if self.collector.max_in_flight == 0 {
+            return Err(invalid("collector.max_in_flight must be > 0".into()));
+        }
+        if self.collector.max_in_flight_per_file == 0 {
             return Err(invalid(
-                "collector.max_in_flight and max_in_flight_per_file must be > 0".into(),
+                "collector.max_in_flight_per_file must be > 0".into(),
             ));
         }
         if self.collector.gzip_level > 9 {
@@ -390,20 +369,32 @@ impl Config {
                     "flows[{i}].paths must list at least one glob"
                 )));
             }
-            for pattern in flow.paths.iter().chain(&flow.exclude) {
-                glob::Pattern::new(pattern).map_err(|e| {
-                    invalid(format!("flows[{i}]: {pattern:?} is not a valid glob: {e}"))
-                })?;
+            for (list, patterns) in [("paths", &flow.paths), ("exclude", &flow.exclude)] {
+                for (j, pattern) in patterns.iter().enumerate() {
+                    glob::Pattern::new(pattern).map_err(|e| {
+                        invalid(format!(
+                            "flows[{i}].{list}[{j}]: {pattern:?} is not a valid glob: {e}"
+                        ))
+                    })?;
+                }
+            }
+            if !valid_stream_name(&flow.stream) {
+                return Err(invalid(format!(
+                    "flows[{i}].stream: {:?} is not a stream name (1-64 characters of a-z, \
+                     0-9, '-' or '_', as the collector requires)",
+                    flow.stream
+                )));
             }
             if !(64..=(64 << 20)).contains(&flow.max_line_bytes) {
                 return Err(invalid(format!(
                     "flows[{i}].max_line_bytes must be between 64B and 64MiB"
                 )));
             }
-            if flow.batch.max_records == 0 || flow.batch.max_bytes == 0 {
-                return Err(invalid(format!(
-                    "flows[{i}].batch.max_records and max_bytes must be > 0"
-                )));
+            if flow.batch.max_records == 0 {
+                return Err(invalid(format!("flows[{i}].batch.max_records must be > 0")));
+            }
+            if flow.batch.max_bytes == 0 {
+                return Err(invalid(format!("flows[{i}].batch.max_bytes must be > 0")));
             }
         }
         for (name, value) in [
@@ -422,6 +413,14 @@ impl Config {
     pub fn agent_id(&self) -> &str {
         self.agent_id.as_deref().unwrap_or("agent")
     }
+}
+
+/// The collector's rule for stream names (they become directory and metric label values).
+fn valid_stream_name(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
 }
 
 fn resolve(base: &Path, path: &Path) -> PathBuf {
@@ -501,7 +500,7 @@ mod tests {
     fn minimal_config_gets_documented_defaults() {
         let mut config = Config::parse(MINIMAL, Path::new("a.yaml")).expect("parses");
         config.agent_id = Some("booth-1".into());
-        config.validate(Path::new("a.yaml")).expect("valid");
+        config.validate().expect("valid");
         let flow = &config.flows[0];
         assert_eq!(flow.start_at, StartAt::Beginning);
         assert_eq!(flow.batch.max_records, 5000);
@@ -539,7 +538,7 @@ mod tests {
         let mut config =
             Config::parse(&MINIMAL.replace("*.log", "[.log"), Path::new("a.yaml")).expect("parses");
         config.agent_id = Some("a".into());
-        let err = config.validate(Path::new("a.yaml")).expect_err("invalid");
+        let err = config.validate().expect_err("invalid");
         assert!(err.to_string().contains("not a valid glob"), "{err}");
     }
 }

@@ -26,6 +26,7 @@ use crate::clock::Clock;
 use crate::config::{Config, FlowConfig, StartAt};
 use crate::health::Health;
 use crate::ship::ShipRequest;
+use crate::systemd::{Heartbeat, Heartbeats};
 use crate::tail::{
     FileId, Fingerprint, TailEnd, Tailer, bytes_before_match, end_of_last_line, fingerprint,
     same_bytes_before, tail_before,
@@ -69,6 +70,10 @@ pub struct Discoverer {
     /// `start_at: end` applies only to the first scan of the agent's first run (no
     /// checkpoints yet); files found later, or after a restart, are read from the start.
     start_at_applies: bool,
+    /// Where the discovery loop and every tailer register their heartbeats.
+    heartbeats: Arc<Heartbeats>,
+    /// Told the number of files followed once the first scan is done.
+    first_scan: Option<tokio::sync::oneshot::Sender<usize>>,
 }
 
 /// What a tailer task returns: which file, and how it ended.
@@ -118,7 +123,21 @@ impl Discoverer {
             tasks: JoinSet::new(),
             task_files: HashMap::new(),
             start_at_applies: first_run,
+            heartbeats: Arc::default(),
+            first_scan: None,
         }
+    }
+
+    /// Registers the discovery loop and the tailers in `heartbeats`, and sends the number of
+    /// files followed to `first_scan` once the first scan is done (start-up is complete).
+    pub fn supervised(
+        mut self,
+        heartbeats: Arc<Heartbeats>,
+        first_scan: tokio::sync::oneshot::Sender<usize>,
+    ) -> Self {
+        self.heartbeats = heartbeats;
+        self.first_scan = Some(first_scan);
+        self
     }
 
     /// Scans, watches and restarts tailers until shutdown; then waits for every tailer.
@@ -127,17 +146,29 @@ impl Discoverer {
         let (mut watcher, mut unwatched) = self.watch(event_tx);
         let mut rescan = tokio::time::interval(self.config.rescan_interval);
         rescan.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let heartbeat = self.heartbeats.register("discovery");
         loop {
+            // Back at the next rescan at the latest (a scan that hangs, e.g. on a dead NFS
+            // mount, is a stall).
+            heartbeat.park_until(tokio::time::Instant::now() + self.config.rescan_interval);
             tokio::select! {
                 _ = rescan.tick() => {
+                    heartbeat.beat();
                     // Directories that did not exist yet may have been created since.
                     if let Some(watcher) = watcher.as_mut() {
                         unwatched.retain(|(dir, mode)| watcher.watch(dir, *mode).is_err());
                     }
                     self.scan();
+                    if let Some(first_scan) = self.first_scan.take() {
+                        let _ = first_scan.send(self.active.len());
+                    }
                 }
-                Some(event) = events.recv() => self.on_event(event),
+                Some(event) = events.recv() => {
+                    heartbeat.beat();
+                    self.on_event(event);
+                }
                 Some(done) = self.tasks.join_next_with_id(), if !self.tasks.is_empty() => {
+                    heartbeat.beat();
                     if self.finished(done) {
                         self.scan();
                     }
@@ -146,6 +177,7 @@ impl Discoverer {
             }
         }
         // Tailers see the same token: they stop reading and wait for their batch in flight.
+        heartbeat.park();
         while let Some(done) = self.tasks.join_next_with_id().await {
             self.finished(done);
         }
@@ -716,7 +748,9 @@ impl Discoverer {
             clock: self.clock.clone(),
             shutdown: self.shutdown.clone(),
             lag: crate::metrics::LagShare::new(&flow.stream),
+            heartbeat: Heartbeat::new(format!("tailer of {}", found.path.display())),
         };
+        self.heartbeats.watch(&tailer.heartbeat);
         info!(path = %found.path.display(), source = %tailer.source, offset = start, size = found.size, "Following file.");
         self.active
             .insert(found.id, (found.path.clone(), key.clone(), file));

@@ -17,10 +17,12 @@ pub mod clock;
 pub mod config;
 pub mod discover;
 pub mod health;
+pub mod logging;
 pub mod metrics;
 pub mod multiline;
 pub mod ship;
 pub mod status;
+pub mod systemd;
 pub mod tail;
 
 use std::sync::{Arc, Mutex};
@@ -37,6 +39,7 @@ use crate::config::Config;
 use crate::discover::Discoverer;
 use crate::health::Health;
 use crate::ship::{Shipper, ShipperConfig};
+use crate::systemd::{Heartbeats, WatchdogPlan};
 
 /// Reads the bearer token: the first non-empty line of the token file.
 ///
@@ -55,6 +58,10 @@ pub fn read_token(path: &std::path::Path) -> anyhow::Result<String> {
 /// Runs the agent until `shutdown` is cancelled, then stops reading, waits up to
 /// `shutdown_grace` for batches in flight, writes the checkpoint and returns.
 ///
+/// Tells systemd `READY=1` once the checkpoints are loaded and the first scan has started
+/// a tailer for every file found, and feeds its watchdog while the discovery loop and every
+/// tailer make progress (see [`systemd`]).
+///
 /// # Errors
 /// Start-up failures: unreadable token, state directory or checkpoints.
 pub async fn run(
@@ -67,6 +74,7 @@ pub async fn run(
     std::fs::create_dir_all(&config.state_dir)
         .with_context(|| format!("creating state_dir {}", config.state_dir.display()))?;
     let token = read_token(&config.collector.token_file)?;
+    systemd::status("Loading checkpoints.");
     let checkpoints = checkpoint::load(&config.state_dir, clock.as_ref())?;
     // After a damaged checkpoint, `start_at: end` would skip what was never sent.
     let first_run = checkpoints.entries().next().is_none() && !checkpoints.was_damaged();
@@ -125,10 +133,35 @@ pub async fn run(
         first_run,
         health,
     );
+    let heartbeats = Arc::new(Heartbeats::default());
+    let (first_scan_tx, first_scan) = tokio::sync::oneshot::channel();
+    let discoverer = discoverer.supervised(heartbeats.clone(), first_scan_tx);
     info!(agent_id = config.agent_id(), collector = %config.collector.url, flows = config.flows.len(), open_files_limit, "Agent started.");
     let discovery = tokio::spawn(discoverer.run());
+    let stop_watchdog = CancellationToken::new();
+    tokio::spawn(systemd::watchdog(
+        heartbeats,
+        WatchdogPlan::from_env(),
+        stop_watchdog.clone(),
+    ));
+    tokio::select! {
+        files = first_scan => {
+            let files = files.unwrap_or(0);
+            info!(files, "First scan done; agent ready.");
+            systemd::ready(&format!(
+                "Following {files} files of {} flows; shipping to {} as {}.",
+                config.flows.len(),
+                config.collector.url,
+                config.agent_id()
+            ));
+        }
+        () = shutdown.cancelled() => {}
+    }
 
     shutdown.cancelled().await;
+    // systemd stops watching once it is told STOPPING=1.
+    stop_watchdog.cancel();
+    systemd::stopping("Stopping: waiting for batches in flight, then writing the checkpoint.");
     info!(grace = ?config.shutdown_grace, "Stopping: no more reading; waiting for batches in flight.");
     // Past the grace period the shipper stops retrying; unacknowledged batches stay in
     // their files and are sent again (and deduplicated) after the next start.

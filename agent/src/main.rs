@@ -12,6 +12,8 @@ use tokio_util::sync::CancellationToken;
 
 use tollstream_agent::clock::SystemClock;
 use tollstream_agent::config::Config;
+use tollstream_agent::logging::{self, LogFormat};
+use tollstream_agent::systemd;
 
 /// Exit code for a configuration error (EX_USAGE in sysexits.h).
 const EXIT_CONFIG: u8 = 64;
@@ -28,6 +30,16 @@ struct Cli {
         default_value = "/etc/tollstream/agent.yaml"
     )]
     config: PathBuf,
+    /// Log format on stderr: `text` (without timestamps and colours, with syslog priorities,
+    /// when stderr is the systemd journal) or `json` (one object per line).
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        env = "TOLLSTREAM_LOG_FORMAT",
+        default_value_t = LogFormat::Text
+    )]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -36,7 +48,9 @@ struct Cli {
 enum Command {
     /// Run the agent (the default).
     Run,
-    /// Validate the configuration, print the effective config, and exit.
+    /// Validate the configuration, print the effective config (with the keys set by
+    /// TOLLSTREAM_AGENT_ID and TOLLSTREAM_COLLECTOR_URL marked), and exit: 0 when valid, 64
+    /// with the file, line, column and key of the first error.
     CheckConfig,
     /// Print, per followed file, the acknowledged offset, size, lag and last ack time.
     Status,
@@ -44,7 +58,7 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_tracing();
+    logging::init(cli.log_format);
     let config = match Config::load(&cli.config) {
         Ok(config) => config,
         Err(error) => {
@@ -113,37 +127,40 @@ fn serve(config: Config) -> anyhow::Result<()> {
     })
 }
 
-type Signals = (tokio::signal::unix::Signal, tokio::signal::unix::Signal);
+type Signals = (
+    tokio::signal::unix::Signal,
+    tokio::signal::unix::Signal,
+    tokio::signal::unix::Signal,
+);
 
-/// Installs the SIGTERM and SIGINT handlers.
+/// Installs the SIGTERM, SIGINT and SIGHUP handlers.
 fn signals() -> Option<Signals> {
     use tokio::signal::unix::{SignalKind, signal};
     Some((
         signal(SignalKind::terminate()).ok()?,
         signal(SignalKind::interrupt()).ok()?,
+        signal(SignalKind::hangup()).ok()?,
     ))
 }
 
-/// Cancels `token` on SIGTERM or SIGINT.
+/// Cancels `token` on SIGTERM or SIGINT (telling systemd `STOPPING=1`); SIGHUP, which would
+/// otherwise kill the agent, is logged and ignored.
 async fn wait_for_signal(signals: Option<Signals>, token: CancellationToken) {
-    let Some((mut term, mut int)) = signals else {
+    let Some((mut term, mut int, mut hup)) = signals else {
         tracing::warn!("Could not install signal handlers; stop with SIGKILL.");
         return;
     };
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM received; shutting down."),
-        _ = int.recv() => tracing::info!("SIGINT received; shutting down."),
-    }
+    let name = loop {
+        tokio::select! {
+            _ = term.recv() => break "SIGTERM",
+            _ = int.recv() => break "SIGINT",
+            _ = hup.recv() => tracing::info!(
+                "SIGHUP received; the agent reads its configuration only at start: restart it \
+                 to apply changes."
+            ),
+        }
+    };
+    tracing::info!("{name} received; shutting down.");
+    systemd::stopping(&format!("Stopping ({name})."));
     token.cancel();
-}
-
-fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("TOLLSTREAM_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_target(false)
-        .init();
 }

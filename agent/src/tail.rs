@@ -402,6 +402,8 @@ pub struct Tailer {
     pub shutdown: CancellationToken,
     /// This file's share of its stream's lag gauges (taken back when the tailer ends).
     pub lag: crate::metrics::LagShare,
+    /// Beats while the tailer works; parked while it waits (see [`crate::systemd`]).
+    pub heartbeat: Arc<crate::systemd::Heartbeat>,
 }
 
 type InFlight = (oneshot::Receiver<Result<(), ShipError>>, Ack);
@@ -443,6 +445,7 @@ impl Tailer {
         let held = |j: &Option<Joiner>| j.as_ref().map_or(0, Joiner::held);
         debug!(path = %self.path.display(), source = %self.source, offset = self.start, "Tailing.");
         let end = loop {
+            self.heartbeat.beat();
             if self.shutdown.is_cancelled() {
                 break TailEnd::Shutdown;
             }
@@ -518,6 +521,9 @@ impl Tailer {
                     Some(next) => next,
                     None => self.seal(&mut pending).await,
                 };
+                // A full queue to the shipper is backpressure, not a stall; the shipper
+                // retries on its own.
+                self.heartbeat.park();
                 match self.send(next).await {
                     Some(sent) => in_flight.push_back(sent),
                     None => break TailEnd::ShipperGone,
@@ -554,6 +560,14 @@ impl Tailer {
                 flush_joiner(&mut joiner, &mut pending);
                 continue;
             }
+            // Back after the next poll, batch deadline or multiline flush; waiting only for
+            // acks (the collector is slow or away) is not a stall.
+            let poll = idle_backoff(self.poll_interval, idle_polls);
+            let poll_at = eof.then(|| Instant::now() + poll);
+            match [poll_at, deadline, flush_at].into_iter().flatten().min() {
+                Some(at) => self.heartbeat.park_until(at),
+                None => self.heartbeat.park(),
+            }
             tokio::select! {
                 ack = wait_ack(&mut in_flight) => {
                     let (result, done) = ack;
@@ -571,7 +585,7 @@ impl Tailer {
                     }
                 }
                 () = self.wake.notified(), if eof => idle_polls = 0,
-                () = tokio::time::sleep(idle_backoff(self.poll_interval, idle_polls)), if eof => {
+                () = tokio::time::sleep(poll), if eof => {
                     idle_polls = idle_polls.saturating_add(1);
                 }
                 () = sleep_until(deadline) => {}
@@ -581,6 +595,7 @@ impl Tailer {
         };
         // Stop reading, but let the batches in flight finish: their acks move the
         // checkpoint, so the next start does not send them again.
+        self.heartbeat.park();
         let mut delivered = !ack_failed;
         while !in_flight.is_empty() {
             let (result, done) = wait_ack(&mut in_flight).await;

@@ -740,7 +740,7 @@ mod tests {
             );
             crate::config::Config::parse(&text, path)
                 .expect("parses")
-                .validate(path)
+                .validate()
         };
         config("errors-2").expect("only the exact name is reserved");
         let message = config(ERRORS_DIR).expect_err("refused").to_string();

@@ -14,37 +14,9 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::schema::SchemaConfig;
 
-/// Why a configuration could not be loaded.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    /// The file could not be read.
-    #[error("reading {path}: {source}")]
-    Read {
-        /// The config file.
-        path: PathBuf,
-        /// The I/O error.
-        #[source]
-        source: std::io::Error,
-    },
-    /// The YAML was malformed or a key had the wrong type.
-    #[error("{path}: {message}")]
-    Parse {
-        /// The config file.
-        path: PathBuf,
-        /// The key path, e.g. `streams.toll-transactions.buffer.max_bytes`.
-        key: String,
-        /// What the parser expected, with line and column.
-        message: String,
-    },
-    /// The values parsed but do not make sense together.
-    #[error("{path}: {message}")]
-    Invalid {
-        /// The config file.
-        path: PathBuf,
-        /// Which key is wrong and how to fix it.
-        message: String,
-    },
-}
+mod error;
+
+pub use error::{ConfigError, Origin};
 
 /// The whole collector configuration.
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -395,7 +367,9 @@ impl Config {
             tls.cert_file = resolve(base, &tls.cert_file);
             tls.key_file = resolve(base, &tls.key_file);
         }
-        config.validate(path)?;
+        config
+            .validate()
+            .map_err(|message| error::invalid(&text, path, &[], message))?;
         Ok(config)
     }
 
@@ -405,24 +379,7 @@ impl Config {
     /// [`ConfigError::Parse`] with the key path, line and column.
     pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
         let de = yaml_serde::Deserializer::from_str(text);
-        serde_path_to_error::deserialize(de).map_err(|e| {
-            let key = e.path().to_string();
-            let message = e.inner().to_string();
-            // The YAML parser often prefixes the enclosing key; say the full key once instead.
-            let parent = key
-                .rsplit_once('.')
-                .map_or(key.as_str(), |(parent, _)| parent);
-            let message = match message.strip_prefix(&format!("{parent}: ")) {
-                _ if key == "." => message,
-                Some(rest) => format!("{key}: {rest}"),
-                None => format!("{key}: {message}"),
-            };
-            ConfigError::Parse {
-                path: path.to_path_buf(),
-                key,
-                message,
-            }
-        })
+        serde_path_to_error::deserialize(de).map_err(|e| error::parse_error(&e, text, path))
     }
 
     /// The effective configuration as YAML, for `check-config`.
@@ -436,12 +393,10 @@ impl Config {
     /// Checks values that parse but cannot work.
     ///
     /// # Errors
-    /// [`ConfigError::Invalid`] naming the key and how to fix it.
-    pub fn validate(&self, path: &Path) -> Result<(), ConfigError> {
-        let invalid = |message: String| ConfigError::Invalid {
-            path: path.to_path_buf(),
-            message,
-        };
+    /// A message that starts with the key path and says how to fix it ([`Config::load`]
+    /// turns it into a [`ConfigError::Invalid`] with the line).
+    pub fn validate(&self) -> Result<(), String> {
+        let invalid = |message: String| message;
         if self.streams.is_empty() {
             return Err(invalid("streams must define at least one stream".into()));
         }
@@ -907,7 +862,7 @@ mod tests {
         let stream = &config.streams["toll-transactions"];
         assert_eq!(stream.table, "toll_transactions");
         assert_eq!(stream.buffer.max_bytes, 8 << 20);
-        config.validate(Path::new("c.yaml")).expect("valid");
+        config.validate().expect("valid");
     }
 
     #[test]

@@ -23,6 +23,11 @@
 //! | `load-committed` | the load is committed, the loader not yet told |
 //! | `recovery-wal-scanned` | at start: the WAL is scanned (torn tail cut), the writer not yet started |
 //! | `recovery-catch-up` | at start: the loader is about to load an archive object the manifest lacks |
+//!
+//! A second hook, `TOLLSTREAM_STALL_AT=<point>:<n>`, makes the code hang for good at the
+//! `n`-th pass instead, to prove that the systemd watchdog stops being fed (see
+//! [`crate::systemd`]). Its only point is `wal-writer` (a WAL writer thread has taken a group
+//! of requests and not written it).
 
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -53,22 +58,36 @@ struct Armed {
 
 static ARMED: OnceLock<Result<Option<Armed>, String>> = OnceLock::new();
 
+/// The environment variable that arms a stall point.
+pub const STALL_ENV: &str = "TOLLSTREAM_STALL_AT";
+
+/// Every stall point there is.
+pub const STALL_POINTS: &[&str] = &["wal-writer"];
+
+static STALL: OnceLock<Result<Option<Armed>, String>> = OnceLock::new();
+
 /// Reads `<point>:<n>`.
+#[cfg(test)]
 fn parse(value: &str) -> Result<Armed, String> {
+    parse_for(value, ENV, POINTS)
+}
+
+/// Reads `<point>:<n>` for the variable `env` whose points are `points`.
+fn parse_for(value: &str, env: &str, points: &[&'static str]) -> Result<Armed, String> {
     let (name, count) = value
         .trim()
         .rsplit_once(':')
-        .ok_or_else(|| format!("{ENV}={value:?}: expected <point>:<n>, e.g. wal-synced:3"))?;
-    let point = POINTS
+        .ok_or_else(|| format!("{env}={value:?}: expected <point>:<n>, e.g. wal-synced:3"))?;
+    let point = points
         .iter()
         .copied()
         .find(|p| *p == name)
-        .ok_or_else(|| format!("{ENV}={value:?}: unknown point; the points are {POINTS:?}"))?;
+        .ok_or_else(|| format!("{env}={value:?}: unknown point; the points are {points:?}"))?;
     let at = count
         .parse::<u64>()
         .ok()
         .filter(|n| *n > 0)
-        .ok_or_else(|| format!("{ENV}={value:?}: <n> must be a whole number >= 1"))?;
+        .ok_or_else(|| format!("{env}={value:?}: <n> must be a whole number >= 1"))?;
     Ok(Armed {
         point,
         at,
@@ -77,10 +96,14 @@ fn parse(value: &str) -> Result<Armed, String> {
 }
 
 fn from_env() -> Result<Option<Armed>, String> {
-    match std::env::var(ENV) {
-        Ok(value) => parse(&value).map(Some),
+    armed_by(ENV, POINTS)
+}
+
+fn armed_by(env: &str, points: &[&'static str]) -> Result<Option<Armed>, String> {
+    match std::env::var(env) {
+        Ok(value) => parse_for(&value, env, points).map(Some),
         Err(std::env::VarError::NotPresent) => Ok(None),
-        Err(std::env::VarError::NotUnicode(_)) => Err(format!("{ENV} is not valid UTF-8")),
+        Err(std::env::VarError::NotUnicode(_)) => Err(format!("{env} is not valid UTF-8")),
     }
 }
 
@@ -89,6 +112,15 @@ fn from_env() -> Result<Option<Armed>, String> {
 /// # Errors
 /// A value that is not `<known point>:<n >= 1>`.
 pub fn arm_from_env() -> anyhow::Result<()> {
+    match STALL.get_or_init(|| armed_by(STALL_ENV, STALL_POINTS)) {
+        Ok(None) => {}
+        Ok(Some(armed)) => tracing::info!(
+            point = armed.point,
+            at_hit = armed.at,
+            "Stall point armed ({STALL_ENV}, a testing hook): this process will hang there."
+        ),
+        Err(message) => anyhow::bail!("{message}"),
+    }
     match ARMED.get_or_init(from_env) {
         Ok(None) => Ok(()),
         Ok(Some(armed)) => {
@@ -110,6 +142,25 @@ pub fn hit(point: &'static str) {
     debug_assert!(POINTS.contains(&point), "unknown crash point {point}");
     if let Ok(Some(armed)) = ARMED.get_or_init(from_env) {
         armed.hit(point);
+    }
+}
+
+/// Marks that the code passed stall point `point`; hangs the calling thread for good if
+/// that point is armed and this is the hit it was armed for.
+#[inline]
+pub fn stall(point: &'static str) {
+    debug_assert!(STALL_POINTS.contains(&point), "unknown stall point {point}");
+    if let Ok(Some(armed)) = STALL.get_or_init(|| armed_by(STALL_ENV, STALL_POINTS))
+        && point == armed.point
+        && armed.hits.fetch_add(1, Ordering::Relaxed) + 1 == armed.at
+    {
+        eprintln!(
+            "tollstream-collector: stall point {point} reached for the {} time ({STALL_ENV}); hanging this thread",
+            armed.at
+        );
+        loop {
+            std::thread::sleep(std::time::Duration::from_secs(3600));
+        }
     }
 }
 

@@ -20,10 +20,12 @@ pub mod disk;
 mod fsutil;
 pub mod health;
 pub mod ingest;
+pub mod logging;
 pub mod metrics;
 pub mod reload;
 pub mod schema;
 pub mod status;
+pub mod systemd;
 pub mod wal;
 pub mod warehouse;
 
@@ -44,6 +46,7 @@ use crate::config::Config;
 use crate::disk::DiskGuard;
 use crate::ingest::server::{ServerOptions, TlsFiles};
 use crate::ingest::{BatchLimits, BodyLimits, Budget, IngestState, TokenStore};
+use crate::systemd::{Heartbeats, WatchdogPlan};
 use crate::wal::{Wal, WalOptions};
 use crate::warehouse::Loader;
 use crate::warehouse::progress::{self, LoadProgress, Mask, refresh_every};
@@ -105,6 +108,10 @@ async fn check_stream_tables(
 
 /// Each notification of `reload` (SIGHUP) reads the agent tokens and TLS files again.
 ///
+/// Tells systemd `READY=1` once the WAL is recovered, written archive objects adopted, the
+/// stream tables checked and the listeners serve, and feeds its watchdog while every WAL
+/// writer and the ingest accept loop make progress (see [`systemd`]).
+///
 /// # Errors
 /// Start-up failures (unreadable state, corrupt WAL, a SQLite warehouse that cannot be
 /// opened; a PostgreSQL server that is down is retried by the loaders instead).
@@ -128,6 +135,8 @@ pub async fn run(
         None => None,
     };
     let disk = DiskGuard::new(data_dir, config.disk.min_free_bytes);
+    let heartbeats = Arc::new(Heartbeats::default());
+    systemd::status("Checking the warehouse tables.");
     let target = config.warehouse_target().map_err(anyhow::Error::msg)?;
     // Tables are created by each stream's loader, which retries until the warehouse is
     // reachable: a PostgreSQL server that is down does not stop the collector from starting
@@ -145,6 +154,7 @@ pub async fn run(
     let mut writer_threads = Vec::new();
     for (name, stream) in &config.streams {
         let wal_dir = data_dir.join("wal").join(name);
+        systemd::status(&format!("Recovering the WAL of stream {name}."));
         let options = WalOptions {
             segment_bytes: config.wal.segment_bytes,
             consumers: vec![buffer::CONSUMER],
@@ -225,6 +235,7 @@ pub async fn run(
                 tracing::error!(stream = %stream_name, error = format!("{error:#}"), "Loader stopped with an error; objects stay in the archive.");
             }
         });
+        heartbeats.watch(&wal.heartbeat());
         wals.insert(name.clone(), wal);
     }
     // The loaders hold what they use (on PostgreSQL, their own connections).
@@ -265,7 +276,6 @@ pub async fn run(
         progress::REFRESH_INTERVAL,
         side.clone(),
     ));
-    tokio::spawn(reload_on_signal(reload, tokens, tls.clone(), side.clone()));
     let options = ServerOptions {
         max_connections: ingest.max_connections,
         header_timeout: ingest.header_timeout,
@@ -286,13 +296,36 @@ pub async fn run(
             app,
             metrics_options,
             None,
+            None,
             shutdown.clone(),
         ));
         info!(%addr, "Serving /metrics.");
     }
     let scheme = if tls.is_some() { "https" } else { "http" };
+    let accept = heartbeats.register(format!("ingest accept loop on {ingest_addr}"));
+    tokio::spawn(systemd::watchdog(
+        heartbeats,
+        WatchdogPlan::from_env(),
+        side.clone(),
+    ));
     info!(addr = %ingest_addr, scheme, data_dir = %data_dir.display(), warehouse = %target.describe(), "Collector ready.");
-    ingest::server::serve(listeners.ingest, app, options, tls, shutdown.clone()).await;
+    let ready = format!(
+        "Ready: ingest on {scheme}://{ingest_addr}, {} streams, warehouse {}.",
+        config.streams.len(),
+        target.describe()
+    );
+    systemd::ready(&ready);
+    let serving = ingest::server::serve(
+        listeners.ingest,
+        app,
+        options,
+        tls.clone(),
+        Some(accept),
+        shutdown.clone(),
+    );
+    tokio::spawn(reload_on_signal(reload, tokens, tls, ready, side.clone()));
+    serving.await;
+    systemd::stopping("Stopping: ingest closed; draining the WAL, buffers and loaders.");
     side.cancel();
     // The server (and with it every WAL handle) is gone: the writers drain and stop, which
     // ends the buffers, which end the loaders.
@@ -320,11 +353,13 @@ pub async fn run(
     Ok(())
 }
 
-/// Reads the agent tokens (and TLS files) again at each notification, until `stop`.
+/// Reads the agent tokens (and TLS files) again at each notification, until `stop`,
+/// between `RELOADING=1` and `READY=1` (with the `ready` status line again).
 async fn reload_on_signal(
     reload: Arc<Notify>,
     tokens: Arc<TokenStore>,
     tls: Option<Arc<TlsFiles>>,
+    ready: String,
     stop: CancellationToken,
 ) {
     loop {
@@ -332,6 +367,7 @@ async fn reload_on_signal(
             () = stop.cancelled() => return,
             () = reload.notified() => {}
         }
+        systemd::reloading("Reloading the agent tokens and TLS files.");
         let (tokens, tls) = (tokens.clone(), tls.clone());
         let _ = tokio::task::spawn_blocking(move || {
             tokens.reload();
@@ -340,5 +376,6 @@ async fn reload_on_signal(
             }
         })
         .await;
+        systemd::ready(&ready);
     }
 }

@@ -13,6 +13,8 @@ use tokio_util::sync::CancellationToken;
 
 use tollstream_collector::clock::SystemClock;
 use tollstream_collector::config::Config;
+use tollstream_collector::logging::{self, LogFormat};
+use tollstream_collector::systemd;
 use tollstream_collector::{Listeners, run};
 
 /// Exit code for a configuration error (EX_USAGE in sysexits.h).
@@ -31,6 +33,16 @@ struct Cli {
         default_value = "/etc/tollstream/collector.yaml"
     )]
     config: PathBuf,
+    /// Log format on stderr: `text` (without timestamps and colours, with syslog priorities,
+    /// when stderr is the systemd journal) or `json` (one object per line).
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        env = "TOLLSTREAM_LOG_FORMAT",
+        default_value_t = LogFormat::Text
+    )]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -39,7 +51,8 @@ struct Cli {
 enum Command {
     /// Run the collector (the default).
     Run,
-    /// Validate the configuration, print the effective config, and exit.
+    /// Validate the configuration, print the effective config (passwords masked), and exit:
+    /// 0 when valid, 64 with the file, line, column and key of the first error.
     CheckConfig,
     /// Print, per stream, the WAL, buffer, archive and warehouse positions and the freshness.
     Status {
@@ -104,7 +117,7 @@ struct ReloadArgs {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_tracing();
+    logging::init(cli.log_format);
     let config = match Config::load(&cli.config) {
         Ok(config) => config,
         Err(error) => {
@@ -257,18 +270,8 @@ async fn wait_for_signals(token: CancellationToken, reload: Arc<Notify>) {
                 continue;
             }
         }
+        systemd::stopping("Stopping: closing ingest.");
         token.cancel();
         return;
     }
-}
-
-fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("TOLLSTREAM_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_target(false)
-        .init();
 }

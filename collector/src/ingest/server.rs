@@ -55,20 +55,31 @@ pub struct ServerOptions {
     pub drain_timeout: Duration,
 }
 
-/// Serves `app` on `listener` until `shutdown`, then drains.
+/// How often an idle accept loop shows it is alive (see [`crate::systemd`]).
+const ACCEPT_HEARTBEAT: Duration = Duration::from_secs(1);
+
+/// Serves `app` on `listener` until `shutdown`, then drains. The accept loop beats
+/// `heartbeat` at least every [`ACCEPT_HEARTBEAT`], also when no connection comes.
 pub async fn serve(
     listener: TcpListener,
     app: Router,
     options: ServerOptions,
     tls: Option<Arc<TlsFiles>>,
+    heartbeat: Option<Arc<crate::systemd::Heartbeat>>,
     shutdown: CancellationToken,
 ) {
     let slots = Arc::new(Semaphore::new(options.max_connections));
     let refusals = Arc::new(Semaphore::new(POLITE_REFUSALS));
     let connections = TaskTracker::new();
+    let mut tick = tokio::time::interval(ACCEPT_HEARTBEAT);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
+        if let Some(heartbeat) = &heartbeat {
+            heartbeat.park_until(Instant::now() + ACCEPT_HEARTBEAT);
+        }
         let accepted = tokio::select! {
             () = shutdown.cancelled() => break,
+            _ = tick.tick() => continue,
             accepted = listener.accept() => accepted,
         };
         let (stream, peer) = match accepted {

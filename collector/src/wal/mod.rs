@@ -218,6 +218,7 @@ pub struct Wal {
     first_seq: u64,
     consumers: Arc<Consumers>,
     usage: Arc<DiskUsage>,
+    heartbeat: Arc<crate::systemd::Heartbeat>,
 }
 
 /// Tuning for [`Wal::open`].
@@ -265,6 +266,7 @@ impl Wal {
             clock,
         )?;
         writer.publish_durable();
+        let heartbeat = writer.heartbeat();
         let thread = std::thread::Builder::new()
             .name(format!(
                 "wal-{}",
@@ -280,9 +282,15 @@ impl Wal {
                 first_seq,
                 consumers,
                 usage,
+                heartbeat,
             },
             thread,
         ))
+    }
+
+    /// The writer thread's heartbeat, for the watchdog.
+    pub fn heartbeat(&self) -> Arc<crate::systemd::Heartbeat> {
+        self.heartbeat.clone()
     }
 
     /// Makes a batch durable (or recognises it as a duplicate) and says which.

@@ -132,6 +132,8 @@ pub struct Writer {
     buf: BytesMut,
     /// Set when the log could not be restored after a failed write; no more writes then.
     poisoned: Option<String>,
+    /// Beats while a group is written; parked while waiting for requests.
+    heartbeat: Arc<crate::systemd::Heartbeat>,
 }
 
 /// What to do with one request in a group.
@@ -195,6 +197,7 @@ impl Writer {
             clock,
             buf: BytesMut::with_capacity(INITIAL_BUFFER),
             poisoned: None,
+            heartbeat: crate::systemd::Heartbeat::new(format!("WAL writer of {}", dir.display())),
         };
         writer.publish_usage();
         Ok(writer)
@@ -227,10 +230,20 @@ impl Writer {
         self.durable_tx.send_replace(self.durable());
     }
 
+    /// The heartbeat of [`Writer::run`]: overdue when one round (a group's write and fsync,
+    /// segment deletion and roll-over) takes longer than the watchdog allows.
+    pub fn heartbeat(&self) -> Arc<crate::systemd::Heartbeat> {
+        self.heartbeat.clone()
+    }
+
     /// Serves requests until every [`super::Wal`] handle is dropped.
     pub fn run(mut self, mut rx: mpsc::Receiver<Command>) {
         let mut group = Vec::with_capacity(MAX_GROUP);
+        let heartbeat = self.heartbeat.clone();
+        heartbeat.park();
         while let Some(first) = rx.blocking_recv() {
+            heartbeat.beat();
+            crate::crashpoint::stall("wal-writer");
             let mut compact = false;
             let mut next = Some(first);
             while let Some(command) = next.take() {
@@ -263,6 +276,7 @@ impl Writer {
                 self.buf = BytesMut::with_capacity(INITIAL_BUFFER);
             }
             self.publish_usage();
+            heartbeat.park();
         }
         info!(dir = %self.dir.display(), last_seq = self.next_seq - 1, "WAL writer stopped.");
     }

@@ -3,6 +3,7 @@
 //!
 //! Build the binaries first: `cargo build --workspace --bins && cargo test --workspace`.
 
+mod config;
 mod crashes;
 mod disk;
 mod faults;
@@ -17,3 +18,4 @@ mod postgres;
 mod reload;
 mod scale;
 mod schemas;
+mod systemd;
