@@ -62,14 +62,16 @@ trap cleanup EXIT
 
 step "build ($profile profile) and package"
 cargo build --locked --profile "$profile" -p tollstream-agent -p tollstream-collector --bins
+# Each also makes a -dbgsym .ddeb (the debug info); it is not installed here.
 for p in "${packages[@]}"; do
-  cargo deb --no-build --fast --profile "$profile" -p "$p" -o "$work/$p.deb"
+  cargo deb --no-build --fast --profile "$profile" -p "$p" -o "$work/out/"
+  ln -s "$(ls "$work/out/${p}"_*.deb)" "$work/$p.deb"
 done
-ls -l "$work"/*.deb
+ls -l "$work"/out/
 
 step "lintian (errors fail, warnings are shown)"
 # binary-without-manpage is a warning: --help is the reference (see packaging/README.md).
-lintian --fail-on error --tag-display-limit 0 "$work"/*.deb || fail "lintian reported errors"
+lintian --fail-on error --tag-display-limit 0 "$work"/out/*.deb || fail "lintian reported errors"
 
 step "contents"
 # "MODE OWNER PATH" lines, e.g. "-rw-r----- root/root ./etc/tollstream/agent.token".
