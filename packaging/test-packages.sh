@@ -70,7 +70,7 @@ done
 ls -l "$work"/out/
 
 step "lintian (errors fail, warnings are shown)"
-# binary-without-manpage is a warning: --help is the reference (see packaging/README.md).
+# no-manual-page is a warning: --help is the reference (see packaging/README.md).
 lintian --fail-on error --tag-display-limit 0 "$work"/out/*.deb || fail "lintian reported errors"
 
 step "contents"
