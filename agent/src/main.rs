@@ -18,9 +18,31 @@ use tollstream_agent::systemd;
 /// Exit code for a configuration error (EX_USAGE in sysexits.h).
 const EXIT_CONFIG: u8 = 64;
 
+/// The man-page sections of `--help` (`-h` stays short): files, environment, signals, exit
+/// status, where the packages put things.
+const AFTER_LONG_HELP: &str = "\
+Files (as the Debian package installs them):
+  /etc/tollstream/agent.yaml      configuration (--config); check it with `check-config`
+  /etc/tollstream/agent.token     bearer token sent to the collector (collector.token_file)
+  /var/lib/tollstream-agent/      checkpoints (state_dir)
+
+Environment:
+  TOLLSTREAM_AGENT_ID             overrides agent_id
+  TOLLSTREAM_COLLECTOR_URL        overrides collector.url
+  TOLLSTREAM_LOG                  log filter, e.g. info (default), debug
+
+Signals: SIGTERM or SIGINT stops reading, waits up to shutdown_grace for the batches in
+flight, writes the checkpoints and exits 0.
+
+Exit status: 0 after a clean stop or a successful command, 64 for an invalid configuration,
+1 for any other failure.
+
+Under systemd: systemctl enable --now tollstream-agent; logs: journalctl -u tollstream-agent.
+Reference: /usr/share/doc/tollstream-agent/README.md";
+
 /// Follows toll log files and ships every line exactly once to a tollstream collector.
 #[derive(Parser)]
-#[command(version, about, long_about = None)]
+#[command(version, about, long_about = None, after_long_help = AFTER_LONG_HELP)]
 struct Cli {
     /// Path of the YAML configuration file.
     #[arg(

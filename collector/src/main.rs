@@ -20,10 +20,34 @@ use tollstream_collector::{Listeners, run};
 /// Exit code for a configuration error (EX_USAGE in sysexits.h).
 const EXIT_CONFIG: u8 = 64;
 
+/// The man-page sections of `--help` (`-h` stays short): files, environment, signals, exit
+/// status, where the packages put things.
+const AFTER_LONG_HELP: &str = "\
+Files (as the Debian package installs them):
+  /etc/tollstream/collector.yaml    configuration (--config); check it with `check-config`
+  /etc/tollstream/agent-tokens      tokens agents may use (auth.agent_tokens_file)
+  /var/lib/tollstream-collector/    data_dir: wal/, archive/, state/, warehouse.db
+
+Environment:
+  TOLLSTREAM_LOG                    log filter, e.g. info (default), debug
+  PGPASSWORD                        PostgreSQL password when neither the URL nor
+                                    warehouse.password_file gives one
+
+Signals: SIGHUP reads the agent tokens and TLS files again (systemctl reload). SIGTERM or
+SIGINT stops accepting, finishes requests in progress, drains the WAL, buffer and loader for
+up to shutdown_grace and exits 0.
+
+Exit status: 0 after a clean stop or a successful command, 64 for an invalid configuration
+or option, 1 for any other failure (see `reload --help` for reload's).
+
+Under systemd: systemctl enable --now tollstream-collector; logs: journalctl -u
+tollstream-collector.
+Reference: /usr/share/doc/tollstream-collector/README.md";
+
 /// Receives toll log batches from tollstream agents, makes them durable, archives them and
 /// loads each exactly once into the warehouse.
 #[derive(Parser)]
-#[command(version, about, long_about = None)]
+#[command(version, about, long_about = None, after_long_help = AFTER_LONG_HELP)]
 struct Cli {
     /// Path of the YAML configuration file.
     #[arg(
