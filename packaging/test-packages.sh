@@ -127,8 +127,11 @@ check "nobody else reads them" runuser -u nobody -- sh -c \
 # What ExecStartPre runs, as the service user: the shipped configs are valid.
 check "agent check-config as its user" runuser -u tollstream-agent -- \
   tollstream-agent --config /etc/tollstream/agent.yaml check-config
-check "collector check-config as its user" runuser -u tollstream-collector -- \
-  tollstream-collector --config /etc/tollstream/collector.yaml check-config
+# …except that the collector has no agent token yet: check-config (and so the unit's
+# ExecStartPre) refuses to start it until one is added, saying which file.
+check "collector check-config refuses the empty tokens file" runuser -u tollstream-collector -- \
+  sh -c 'out=$(tollstream-collector --config /etc/tollstream/collector.yaml check-config 2>&1)
+    test $? = 64 && echo "$out" | grep -q "agent tokens file /etc/tollstream/agent-tokens holds no token"'
 check "collector status as its user (data_dir usable)" runuser -u tollstream-collector -- \
   tollstream-collector status
 
@@ -166,6 +169,8 @@ sed -i 's|url: http://collector.example:8700|url: http://collector.test:8700|' \
   /etc/tollstream/agent.yaml
 echo "0123456789abcdef0123456789abcdef" >/etc/tollstream/agent.token
 echo "booth-017 0123456789abcdef0123456789abcdef" >>/etc/tollstream/agent-tokens
+check "collector check-config as its user, with a token" runuser -u tollstream-collector -- \
+  tollstream-collector --config /etc/tollstream/collector.yaml check-config
 echo kept >/var/lib/tollstream-agent/marker
 echo kept >/var/lib/tollstream-collector/marker
 uid_before=$(id -u tollstream-agent)

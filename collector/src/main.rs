@@ -150,16 +150,22 @@ fn main() -> ExitCode {
         }
     };
     match cli.command.unwrap_or(Command::Run) {
-        Command::CheckConfig => match yaml_like(&config) {
-            Ok(text) => {
-                println!("{text}");
-                ExitCode::SUCCESS
+        Command::CheckConfig => {
+            if let Err(error) = check_files(&config) {
+                eprintln!("tollstream-collector: invalid configuration: {error:#}");
+                return ExitCode::from(EXIT_CONFIG);
             }
-            Err(error) => {
-                eprintln!("tollstream-collector: {error:#}");
-                ExitCode::FAILURE
+            match yaml_like(&config) {
+                Ok(text) => {
+                    println!("{text}");
+                    ExitCode::SUCCESS
+                }
+                Err(error) => {
+                    eprintln!("tollstream-collector: {error:#}");
+                    ExitCode::FAILURE
+                }
             }
-        },
+        }
         Command::Status { json } => match if json {
             tollstream_collector::status::report_json(&config, &SystemClock)
         } else {
@@ -221,6 +227,16 @@ fn reload(config: &Config, args: ReloadArgs) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// What `run` reads at start besides the config: the agent tokens and the TLS files, so
+/// `check-config` (systemd's `ExecStartPre`) refuses what would stop the daemon.
+fn check_files(config: &Config) -> anyhow::Result<()> {
+    tollstream_collector::ingest::TokenStore::open(&config.auth.agent_tokens_file)?;
+    if let Some(tls) = &config.ingest.tls {
+        tollstream_collector::ingest::server::TlsFiles::load(&tls.cert_file, &tls.key_file)?;
+    }
+    Ok(())
 }
 
 fn yaml_like(config: &Config) -> anyhow::Result<String> {

@@ -262,7 +262,14 @@ fn check_config_prints_the_effective_config_with_overrides_marked_and_secrets_ma
         "{stderr}"
     );
 
+    // check-config also reads what the collector reads at start: without a token in the
+    // agent tokens file it refuses, naming the file (systemd's ExecStartPre stops there).
     let yaml = format!("{COLLECTOR}warehouse:\n  url: postgres://loader:hunter2@db.example/dw\n");
+    std::fs::write(dir.path().join("tokens"), "# no token yet\n")?;
+    let (code, _, stderr) = check(dir.path(), "tollstream-collector", &yaml, &[])?;
+    assert_eq!(code, 64, "{stderr}");
+    assert!(stderr.contains("tokens holds no token"), "{stderr}");
+    std::fs::write(dir.path().join("tokens"), "0123456789abcdef0123\n")?;
     let (code, stdout, stderr) = check(dir.path(), "tollstream-collector", &yaml, &[])?;
     assert_eq!(code, 0, "{stderr}");
     assert!(
