@@ -15,8 +15,14 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use crate::schema::SchemaConfig;
 
 mod error;
+mod notify;
+mod rules;
 
 pub use error::{ConfigError, Origin};
+pub use notify::{NotifyConfig, WebhookConfig};
+pub use rules::{
+    Aggregate, AlertsConfig, Comparison, FilterConfig, Period, RuleConfig, ThresholdConfig,
+};
 
 /// The whole collector configuration.
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -52,6 +58,15 @@ pub struct Config {
     /// How long to wait for in-flight work on SIGTERM.
     #[serde(default = "default_shutdown_grace", with = "duration")]
     pub shutdown_grace: Duration,
+    /// Alert rules, evaluated in event time on the streams' records.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rules: Vec<RuleConfig>,
+    /// Event-time settings of the alert engine.
+    #[serde(default)]
+    pub alerts: AlertsConfig,
+    /// Where alerts are delivered.
+    #[serde(default)]
+    pub notify: NotifyConfig,
 }
 
 /// Authentication of agents.
@@ -60,6 +75,10 @@ pub struct Config {
 pub struct AuthConfig {
     /// File with one bearer token per line (`#` starts a comment). Relative to the config file.
     pub agent_tokens_file: PathBuf,
+    /// File with the admin API's bearer token(s) (customer limits), one per line; without
+    /// it the admin API answers 404. Relative to the config file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub admin_token_file: Option<PathBuf>,
 }
 
 /// The warehouse the loader writes to.
@@ -357,6 +376,26 @@ impl Config {
         let base = base.as_path();
         config.data_dir = resolve(base, &config.data_dir);
         config.auth.agent_tokens_file = resolve(base, &config.auth.agent_tokens_file);
+        if let Some(file) = &mut config.auth.admin_token_file {
+            *file = resolve(base, file);
+        }
+        for rule in &mut config.rules {
+            if let ThresholdConfig::Reference(file) = &mut rule.threshold {
+                *file = resolve(base, file);
+            }
+        }
+        for hook in config
+            .notify
+            .webhook
+            .iter_mut()
+            .chain(config.notify.webhooks.values_mut())
+        {
+            if let Some(file) = &mut hook.secret_file {
+                *file = resolve(base, file);
+            }
+        }
+        let log = resolve(&config.data_dir, &config.notify.log);
+        config.notify.log = log;
         if let Some(file) = &mut config.warehouse.password_file {
             *file = resolve(base, file);
         }
@@ -808,7 +847,7 @@ const SQL_KEYWORDS: &[&str] = &[
 ];
 
 /// `humantime` durations such as `500ms`, `2s`, `10m`.
-mod duration {
+pub(crate) mod duration {
     use super::*;
 
     pub fn deserialize<'de, D: Deserializer<'de>>(de: D) -> Result<Duration, D::Error> {
@@ -820,6 +859,22 @@ mod duration {
 
     pub fn serialize<S: Serializer>(value: &Duration, ser: S) -> Result<S::Ok, S::Error> {
         ser.serialize_str(&humantime::format_duration(*value).to_string())
+    }
+}
+
+/// Optional `humantime` durations.
+pub(crate) mod duration_option {
+    use super::*;
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(de: D) -> Result<Option<Duration>, D::Error> {
+        super::duration::deserialize(de).map(Some)
+    }
+
+    pub fn serialize<S: Serializer>(value: &Option<Duration>, ser: S) -> Result<S::Ok, S::Error> {
+        match value {
+            Some(value) => super::duration::serialize(value, ser),
+            None => ser.serialize_none(),
+        }
     }
 }
 

@@ -11,6 +11,8 @@
 
 #![forbid(unsafe_code)]
 
+pub mod alerts;
+pub mod api;
 pub mod archive;
 pub mod buffer;
 pub mod clock;
@@ -22,6 +24,7 @@ pub mod health;
 pub mod ingest;
 pub mod logging;
 pub mod metrics;
+pub mod notify;
 pub mod reload;
 pub mod schema;
 pub mod status;

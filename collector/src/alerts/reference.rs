@@ -1,0 +1,1 @@
+//! Reference data: thresholds per key, weekday and slot from a CSV file.

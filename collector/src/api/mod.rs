@@ -1,0 +1,1 @@
+//! Admin API: customer monthly limits, with its own token.

@@ -1,0 +1,1 @@
+//! Notify: the durable outbox and delivery of alerts (webhooks, alert log, `alerts` table).
