@@ -13,6 +13,8 @@
 
 pub mod limits;
 pub mod reference;
+pub mod rules;
+pub mod windows;
 
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};

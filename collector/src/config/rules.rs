@@ -23,7 +23,8 @@ pub struct RuleConfig {
     /// Records that do not pass every condition are ignored by this rule.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub filter: Vec<FilterConfig>,
-    /// Warehouse column (of the stream's schema) whose value groups records, e.g. `booth_id`.
+    /// Column (field or warehouse name, of the stream's schema) whose value groups records,
+    /// e.g. `booth_id`.
     pub key: String,
     /// Timestamp column that gives the event time; default: the schema's first timestamp.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -92,11 +93,11 @@ pub enum Comparison {
     Below,
 }
 
-/// Where a rule's threshold comes from.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(rename_all = "lowercase", deny_unknown_fields)]
+/// Where a rule's threshold comes from. In YAML: `{ constant: "100" }` (or a number),
+/// `{ reference: FILE }`, or `limits`.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ThresholdConfig {
-    /// The same value for every key, e.g. `{ constant: "100" }`.
+    /// The same value for every key.
     Constant(String),
     /// A reference CSV (`<key>,weekday,slot_start,<value>` with a header), per key,
     /// weekday and slot (window start, local time); keys listed there are evaluated even
@@ -107,11 +108,108 @@ pub enum ThresholdConfig {
     Limits,
 }
 
+impl Serialize for ThresholdConfig {
+    fn serialize<S: serde::Serializer>(&self, ser: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        match self {
+            Self::Limits => ser.serialize_str("limits"),
+            Self::Constant(value) => {
+                let mut map = ser.serialize_map(Some(1))?;
+                map.serialize_entry("constant", value)?;
+                map.end()
+            }
+            Self::Reference(path) => {
+                let mut map = ser.serialize_map(Some(1))?;
+                map.serialize_entry("reference", path)?;
+                map.end()
+            }
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for ThresholdConfig {
+    fn deserialize<D: serde::Deserializer<'de>>(de: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        const EXPECTED: &str = "limits, { constant: VALUE } or { reference: FILE }";
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = ThresholdConfig;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(EXPECTED)
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                match v {
+                    "limits" => Ok(ThresholdConfig::Limits),
+                    other => Err(E::custom(format!("{other:?}: expected {EXPECTED}"))),
+                }
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<Self::Value, A::Error> {
+                use serde::de::Error;
+                let Some(key) = map.next_key::<String>()? else {
+                    return Err(A::Error::custom(format!("empty; expected {EXPECTED}")));
+                };
+                let value = match key.as_str() {
+                    "constant" => ThresholdConfig::Constant(map.next_value::<Scalar>()?.0),
+                    "reference" => ThresholdConfig::Reference(map.next_value()?),
+                    "limits" => {
+                        map.next_value::<serde::de::IgnoredAny>()?;
+                        ThresholdConfig::Limits
+                    }
+                    other => {
+                        return Err(A::Error::custom(format!(
+                            "unknown threshold source {other:?}; expected {EXPECTED}"
+                        )));
+                    }
+                };
+                if map.next_key::<String>()?.is_some() {
+                    return Err(A::Error::custom(format!(
+                        "give one threshold source: {EXPECTED}"
+                    )));
+                }
+                Ok(value)
+            }
+        }
+        de.deserialize_any(Visitor)
+    }
+}
+
+/// A YAML scalar kept as its text (`100`, `"150.00"`).
+struct Scalar(String);
+
+impl<'de> Deserialize<'de> for Scalar {
+    fn deserialize<D: serde::Deserializer<'de>>(de: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = Scalar;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a number")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Scalar, E> {
+                Ok(Scalar(v.to_owned()))
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Scalar, E> {
+                Ok(Scalar(v.to_string()))
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Scalar, E> {
+                Ok(Scalar(v.to_string()))
+            }
+            fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<Scalar, E> {
+                Err(E::custom(format!(
+                    "{v} as a YAML float could be inexact; quote it, e.g. \"{v}\""
+                )))
+            }
+        }
+        de.deserialize_any(Visitor)
+    }
+}
+
 /// One condition on a column of the record; all of a rule's conditions must hold.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct FilterConfig {
-    /// Warehouse column name.
+    /// Column (field or warehouse name).
     pub column: String,
     /// Equal to this value (compared as the column's type).
     #[serde(default, skip_serializing_if = "Option::is_none")]

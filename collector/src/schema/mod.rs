@@ -13,6 +13,7 @@ mod values;
 
 use serde::{Deserialize, Serialize};
 
+pub(crate) use values::parse_value;
 pub use values::{format_timestamp, parse_decimal};
 
 /// The type of one column and the checks it applies.

@@ -31,7 +31,7 @@ pub(super) fn parse_field(raw: &str, column: &Column) -> Result<Value, String> {
     parse_value(raw, &column.ty).map_err(|why| format!("{}: {why}", column.field))
 }
 
-fn parse_value(raw: &str, ty: &ColumnType) -> Result<Value, String> {
+pub(crate) fn parse_value(raw: &str, ty: &ColumnType) -> Result<Value, String> {
     match ty {
         // PostgreSQL text cannot hold NUL; both backends refuse it alike.
         ColumnType::Text if raw.contains('\0') => {
