@@ -11,6 +11,7 @@
 //! * [`reference`] reads the reference CSV (thresholds per key, weekday and slot);
 //! * [`limits`] is the limits store (customer monthly limits) behind the admin API.
 
+pub mod engine;
 pub mod limits;
 pub mod reference;
 pub mod rules;

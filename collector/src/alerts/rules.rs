@@ -265,7 +265,16 @@ fn compile_one(
                 i64::try_from(secs).unwrap_or(86_400),
             ))
         }
-        (None, Some(Period::Month)) => Span::Month,
+        (None, Some(Period::Month)) => {
+            if rule.when != Comparison::Above {
+                return Err(
+                    "when: a running total is compared as it grows, so period: month takes \
+                     when: above (use window: for below)"
+                        .into(),
+                );
+            }
+            Span::Month
+        }
     };
     let threshold = match &rule.threshold {
         ThresholdConfig::Constant(text) => Threshold::Constant(
@@ -455,7 +464,7 @@ mod tests {
                 "not an integer or decimal",
             ),
             (
-                "{ name: a, key: booth_id, period: month, aggregate: count, threshold: { reference: x.csv }, when: below }",
+                "{ name: a, key: booth_id, period: month, aggregate: count, threshold: { reference: x.csv }, when: above }",
                 "needs window:",
             ),
             (
