@@ -49,3 +49,45 @@ impl Clock for FakeClock {
         Timestamp::from_microsecond(self.0.load(Ordering::SeqCst)).unwrap_or(Timestamp::MAX)
     }
 }
+
+/// A clock that shows the RFC 3339 time written in a file, read at every call: how the
+/// end-to-end tests replay historical days through the real binary (they move the time by
+/// rewriting the file). Enabled only by the `TOLLSTREAM_TEST_CLOCK_FILE` environment
+/// variable; a file that cannot be read or parsed shows the last good time.
+#[derive(Debug)]
+pub struct FileClock {
+    path: std::path::PathBuf,
+    last: AtomicI64,
+}
+
+impl FileClock {
+    /// A clock reading `path`, which must hold a time now.
+    ///
+    /// # Errors
+    /// The file cannot be read or does not hold an RFC 3339 time.
+    pub fn open(path: &std::path::Path) -> Result<Self, String> {
+        let start = Self::read(path)?;
+        Ok(Self {
+            path: path.to_path_buf(),
+            last: AtomicI64::new(start.as_microsecond()),
+        })
+    }
+
+    fn read(path: &std::path::Path) -> Result<Timestamp, String> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("test clock {}: {e}", path.display()))?;
+        text.trim()
+            .parse()
+            .map_err(|e| format!("test clock {}: {text:?}: {e}", path.display()))
+    }
+}
+
+impl Clock for FileClock {
+    fn now(&self) -> Timestamp {
+        if let Ok(now) = Self::read(&self.path) {
+            self.last.store(now.as_microsecond(), Ordering::SeqCst);
+            return now;
+        }
+        Timestamp::from_microsecond(self.last.load(Ordering::SeqCst)).unwrap_or(Timestamp::MAX)
+    }
+}

@@ -277,11 +277,21 @@ fn serve(config: Config) -> anyhow::Result<()> {
         let shutdown = CancellationToken::new();
         let reload = Arc::new(Notify::new());
         tokio::spawn(wait_for_signals(shutdown.clone(), reload.clone()));
+        let clock: Arc<dyn tollstream_collector::clock::Clock> =
+            match std::env::var_os("TOLLSTREAM_TEST_CLOCK_FILE") {
+                Some(path) => {
+                    let clock = tollstream_collector::clock::FileClock::open(path.as_ref())
+                        .map_err(anyhow::Error::msg)?;
+                    tracing::warn!(file = ?path, "Using a test clock (TOLLSTREAM_TEST_CLOCK_FILE): wall-clock time is read from a file.");
+                    Arc::new(clock)
+                }
+                None => Arc::new(SystemClock),
+            };
         run(
             config,
             Listeners { ingest, metrics },
             handle,
-            Arc::new(SystemClock),
+            clock,
             reload,
             shutdown,
         )

@@ -11,10 +11,13 @@
 //! * [`reference`] reads the reference CSV (thresholds per key, weekday and slot);
 //! * [`limits`] is the limits store (customer monthly limits) behind the admin API.
 
+pub mod consumer;
 pub mod engine;
 pub mod limits;
 pub mod reference;
 pub mod rules;
+pub mod start;
+pub mod state;
 pub mod windows;
 
 use jiff::Timestamp;
