@@ -35,7 +35,7 @@ impl Thresholds for Limits {
         Vec::new()
     }
     fn limit(&self, _: &str) -> Option<i64> {
-        Some(100_00)
+        Some(10_000) // 100.00
     }
 }
 
