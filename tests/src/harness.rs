@@ -98,6 +98,8 @@ pub struct Daemon {
     starts: u32,
     /// Length of the log when the latest start began.
     log_mark: u64,
+    /// Environment variables set at every start.
+    env: Vec<(String, String)>,
 }
 
 impl Daemon {
@@ -111,7 +113,14 @@ impl Daemon {
             child: None,
             starts: 0,
             log_mark: 0,
+            env: Vec::new(),
         }
+    }
+
+    /// Sets an environment variable for every later start (e.g. a test clock).
+    pub fn set_env(&mut self, key: &str, value: &str) {
+        self.env.retain(|(k, _)| k != key);
+        self.env.push((key.into(), value.into()));
     }
 
     /// Starts the process (appending to its log).
@@ -140,6 +149,7 @@ impl Daemon {
                 "TOLLSTREAM_LOG",
                 std::env::var("TOLLSTREAM_LOG").unwrap_or_else(|_| "info".into()),
             )
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
@@ -353,6 +363,8 @@ pub struct CollectorSetup {
     /// More streams after the toll stream: YAML entries indented by two spaces, as they
     /// go under `streams:`.
     pub extra_streams: String,
+    /// Environment variables of the collector process (every start).
+    pub env: Vec<(String, String)>,
 }
 
 impl Default for CollectorSetup {
@@ -368,6 +380,7 @@ impl Default for CollectorSetup {
             warehouse_password_file: None,
             warehouse_ca_file: None,
             extra_streams: String::new(),
+            env: Vec::new(),
         }
     }
 }

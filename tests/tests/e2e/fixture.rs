@@ -117,6 +117,9 @@ impl Pipeline {
             collector_config,
             dir.path().join("collector.log"),
         );
+        for (key, value) in &setup.env {
+            collector.set_env(key, value);
+        }
         collector.start()?;
         let mut pipeline = Self {
             dir,
