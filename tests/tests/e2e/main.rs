@@ -3,6 +3,7 @@
 //!
 //! Build the binaries first: `cargo build --workspace --bins && cargo test --workspace`.
 
+mod alerts;
 mod config;
 mod crashes;
 mod disk;
