@@ -585,3 +585,127 @@ fn tls_with_a_server_certificate_that_does_not_verify_fails_with_the_reason() {
         "{error}"
     );
 }
+
+/// A billing alert whose value and threshold have trailing zeros (numeric must keep them).
+fn billing_alert(customer: &str) -> tollstream_collector::alerts::Alert {
+    tollstream_collector::alerts::Alert {
+        alert_id: format!("billing-limit/{customer}/2026-11/150.00"),
+        rule: "billing-limit".into(),
+        key: customer.into(),
+        stream: "toll-transactions".into(),
+        window_start: None,
+        window_end: None,
+        slot: None,
+        month: Some("2026-11".into()),
+        value: "151.20".into(),
+        threshold: "150.00".into(),
+        comparison: tollstream_collector::config::Comparison::Above,
+        fired_at: "2026-11-25T17:03:28.125Z".parse().expect("time"),
+        event_time: Some("2026-11-25T17:03:27.512Z".parse().expect("time")),
+        records: 12,
+    }
+}
+
+/// The notifier's `warehouse` target with PostgreSQL down at start (and no stream ever
+/// prepared on the database): the alerts wait in the outbox, and once the server is up
+/// each lands in `alerts` once, with exact numeric values and the document as jsonb.
+#[test]
+fn alerts_wait_for_a_server_that_is_down_and_land_in_the_alerts_table_once() {
+    use tollstream_collector::clock::{Clock, SystemClock};
+    use tollstream_collector::config::NotifyConfig;
+    use tollstream_collector::notify::{Notifier, Outbox, WAREHOUSE_TARGET};
+
+    let mut pg = TestPostgres::start_cluster().expect("PostgreSQL for the test");
+    pg.stop().expect("stopped");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let warehouse: Box<dyn Warehouse> = Box::new(PostgresWarehouse::new(
+        pg.url().parse().expect("url"),
+        runtime.handle().clone(),
+    ));
+    let warehouse = Arc::new(Mutex::new(warehouse));
+    let outbox = Arc::new(Outbox::open(&dir.path().join("outbox.db"), &[]).expect("outbox"));
+    let config = NotifyConfig {
+        log: dir.path().join("alerts.jsonl"),
+        ..NotifyConfig::default()
+    };
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let notifier = Notifier::new(outbox.clone(), &config, warehouse.clone(), clock)
+        .expect("notifier")
+        .with_builtin_backoff(
+            tollstream_collector::notify::Backoff::try_new(
+                Duration::from_millis(50),
+                Duration::from_millis(200),
+            )
+            .expect("backoff"),
+        );
+    let stop = tokio_util::sync::CancellationToken::new();
+    let running = runtime.spawn(notifier.run(stop.clone()));
+    for customer in ["C0001234", "C0005678"] {
+        assert!(
+            outbox
+                .insert(&billing_alert(customer), &[])
+                .expect("insert")
+        );
+    }
+    assert!(
+        !outbox
+            .insert(&billing_alert("C0001234"), &[])
+            .expect("insert")
+    );
+    let pending = || outbox.pending_count(WAREHOUSE_TARGET).expect("count");
+    std::thread::sleep(Duration::from_millis(1000));
+    assert_eq!(
+        pending(),
+        2,
+        "still waiting for the server, nothing dropped"
+    );
+    pg.restart().expect("started");
+    tollstream_tests::harness::wait_for("alerts in the table", Duration::from_secs(60), || {
+        pending() == 0
+    })
+    .expect("delivered once the server is up");
+    // Recording again (a crash before the outbox's mark) changes nothing.
+    let again = billing_alert("C0001234");
+    let document = serde_json::to_string(&again).expect("json");
+    let recorded = runtime.spawn_blocking({
+        let warehouse = warehouse.clone();
+        move || {
+            warehouse
+                .lock()
+                .expect("lock")
+                .record_alert(&again, &document)
+        }
+    });
+    runtime
+        .block_on(recorded)
+        .expect("task")
+        .expect("recorded again");
+    stop.cancel();
+    runtime
+        .block_on(async { tokio::time::timeout(Duration::from_secs(5), running).await })
+        .expect("stops promptly")
+        .expect("task");
+    let mut db = pg.client().expect("client");
+    assert_eq!(count(&mut db, "SELECT COUNT(*) FROM alerts"), 2);
+    let row = db
+        .query_one(
+            "SELECT value::text, threshold::text, month, fired_at = '2026-11-25T17:03:28.125Z', \
+             document->>'alert_id', window_start IS NULL FROM alerts WHERE key = 'C0001234'",
+            &[],
+        )
+        .expect("row");
+    assert_eq!(row.get::<_, String>(0), "151.20");
+    assert_eq!(row.get::<_, String>(1), "150.00");
+    assert_eq!(row.get::<_, String>(2), "2026-11");
+    assert!(row.get::<_, bool>(3), "fired_at exact to the millisecond");
+    assert_eq!(
+        row.get::<_, String>(4),
+        "billing-limit/C0001234/2026-11/150.00"
+    );
+    assert!(row.get::<_, bool>(5));
+}

@@ -284,6 +284,18 @@ pub trait Warehouse: Send + 'static {
     /// Database errors, or the errors object could not be written; nothing of the object
     /// is visible in the warehouse then.
     fn load(&mut self, job: &LoadJob<'_>) -> Result<LoadOutcome, WarehouseError>;
+
+    /// Inserts `alert` into the `alerts` table, with `document` (its JSON, exactly as the
+    /// other targets receive it) in the `document` column. Idempotent: an alert whose id is
+    /// already in the table is left as it is.
+    ///
+    /// # Errors
+    /// Database errors; a value or threshold that is not a decimal number.
+    fn record_alert(
+        &mut self,
+        alert: &crate::alerts::Alert,
+        document: &str,
+    ) -> Result<(), WarehouseError>;
 }
 
 impl<W: Warehouse + ?Sized> Warehouse for Box<W> {
@@ -306,6 +318,14 @@ impl<W: Warehouse + ?Sized> Warehouse for Box<W> {
 
     fn load(&mut self, job: &LoadJob<'_>) -> Result<LoadOutcome, WarehouseError> {
         (**self).load(job)
+    }
+
+    fn record_alert(
+        &mut self,
+        alert: &crate::alerts::Alert,
+        document: &str,
+    ) -> Result<(), WarehouseError> {
+        (**self).record_alert(alert, document)
     }
 }
 
@@ -791,6 +811,14 @@ mod tests {
         }
 
         fn load(&mut self, _: &LoadJob<'_>) -> Result<LoadOutcome, WarehouseError> {
+            Err(WarehouseError::Invalid("down".into()))
+        }
+
+        fn record_alert(
+            &mut self,
+            _: &crate::alerts::Alert,
+            _: &str,
+        ) -> Result<(), WarehouseError> {
             Err(WarehouseError::Invalid("down".into()))
         }
     }

@@ -46,6 +46,8 @@ pub struct PostgresWarehouse {
     tls: Option<super::pg_tls::PgTls>,
     runtime: Handle,
     client: Option<Client>,
+    /// The collector's own tables (`alerts` among them) are known to be migrated.
+    alerts_ready: bool,
 }
 
 fn pg(action: &'static str) -> impl FnOnce(tokio_postgres::Error) -> WarehouseError {
@@ -163,6 +165,7 @@ impl PostgresWarehouse {
             tls: None,
             runtime,
             client: None,
+            alerts_ready: false,
         }
     }
 
@@ -256,6 +259,52 @@ impl PostgresWarehouse {
             .map_err(pg("record table version"))?;
         }
         tx.commit().await.map_err(pg("commit"))
+    }
+
+    /// Inserts an alert; on a database whose own tables were never migrated (no stream
+    /// was prepared on it yet), migrates them first.
+    async fn record_alert_async(
+        &mut self,
+        alert: &crate::alerts::Alert,
+        document: &str,
+    ) -> Result<(), WarehouseError> {
+        let ready = self.alerts_ready;
+        let client = self.client().await?;
+        if !ready {
+            let tx = client.transaction().await.map_err(pg("begin"))?;
+            tx.execute("SELECT pg_advisory_xact_lock($1)", &[&DDL_LOCK])
+                .await
+                .map_err(pg("lock for creating tables"))?;
+            migrate_own_tables(&tx).await?;
+            tx.commit().await.map_err(pg("commit"))?;
+        }
+        let client = self.client().await?;
+        let time = |t: Option<jiff::Timestamp>| t.map(|t| t.to_string());
+        // Text parameters cast by the server: numeric keeps the decimal text exact.
+        client
+            .execute(
+                "INSERT INTO alerts (alert_id, rule, key, window_start, window_end, month, \
+                 value, threshold, fired_at, document) \
+                 VALUES ($1, $2, $3, $4::text::timestamptz, $5::text::timestamptz, $6, \
+                 $7::text::numeric, $8::text::numeric, $9::text::timestamptz, $10::text::jsonb) \
+                 ON CONFLICT (alert_id) DO NOTHING",
+                &[
+                    &alert.alert_id,
+                    &alert.rule,
+                    &alert.key,
+                    &time(alert.window_start),
+                    &time(alert.window_end),
+                    &alert.month,
+                    &alert.value,
+                    &alert.threshold,
+                    &alert.fired_at.to_string(),
+                    &document,
+                ],
+            )
+            .await
+            .map_err(pg("record alert"))?;
+        self.alerts_ready = true;
+        Ok(())
     }
 
     async fn last_loaded_async(&mut self, stream: &str) -> Result<u64, WarehouseError> {
@@ -435,6 +484,14 @@ impl Warehouse for PostgresWarehouse {
 
     fn load(&mut self, job: &LoadJob<'_>) -> Result<LoadOutcome, WarehouseError> {
         self.run(async |w| w.load_async(job).await)
+    }
+
+    fn record_alert(
+        &mut self,
+        alert: &crate::alerts::Alert,
+        document: &str,
+    ) -> Result<(), WarehouseError> {
+        self.run(async |w| w.record_alert_async(alert, document).await)
     }
 }
 

@@ -8,6 +8,7 @@ use std::path::Path;
 use rusqlite::{Connection, OptionalExtension, params};
 
 use super::{LoadJob, LoadOutcome, Warehouse, WarehouseError, migrate};
+use crate::alerts::Alert;
 use crate::archive::RejectedLine;
 use crate::schema::{ColumnType, Schema, Value, format_timestamp};
 
@@ -361,6 +362,32 @@ impl Warehouse for SqliteWarehouse {
             .optional()
             .map_err(sql("read manifest"))?;
         Ok(newest.flatten())
+    }
+
+    fn record_alert(&mut self, alert: &Alert, document: &str) -> Result<(), WarehouseError> {
+        // Values stay exact decimal text (SQLite has no exact decimal type); times are
+        // formatted as every other warehouse time.
+        self.conn
+            .execute(
+                "INSERT INTO alerts (alert_id, rule, key, window_start, window_end, month, \
+                 value, threshold, fired_at, document) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10) \
+                 ON CONFLICT (alert_id) DO NOTHING",
+                params![
+                    alert.alert_id,
+                    alert.rule,
+                    alert.key,
+                    alert.window_start.map(format_timestamp),
+                    alert.window_end.map(format_timestamp),
+                    alert.month,
+                    alert.value,
+                    alert.threshold,
+                    format_timestamp(alert.fired_at),
+                    document,
+                ],
+            )
+            .map(drop)
+            .map_err(sql("record alert"))
     }
 
     fn load(&mut self, job: &LoadJob<'_>) -> Result<LoadOutcome, WarehouseError> {
