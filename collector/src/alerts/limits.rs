@@ -19,6 +19,7 @@
 //! `15000`), the scale of the column the limits rule sums. Another process's commit is
 //! noticed by [`LimitsStore::refresh_if_changed`] (SQLite's `PRAGMA data_version`).
 
+pub mod cli;
 mod import;
 
 use std::collections::HashMap;
@@ -472,6 +473,12 @@ impl LimitsStore {
         }
     }
 
+    /// Now, to the millisecond (as the warehouse keeps times).
+    fn now(&self) -> Timestamp {
+        let now = self.clock.now();
+        Timestamp::from_millisecond(now.as_millisecond()).unwrap_or(now)
+    }
+
     fn lock_db(&self) -> MutexGuard<'_, Db> {
         self.db.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -591,10 +598,10 @@ impl LimitsStore {
         let limit = match before {
             Some((old, at)) if old == amount => Limit {
                 amount,
-                updated_at: at.parse().unwrap_or_else(|_| self.clock.now()),
+                updated_at: at.parse().unwrap_or_else(|_| self.now()),
             },
             _ => {
-                let updated_at = self.clock.now();
+                let updated_at = self.now();
                 tx.execute(
                     "INSERT INTO limits (customer_id, monthly_limit, updated_at) VALUES (?1, ?2, ?3)
                      ON CONFLICT (customer_id) DO UPDATE

@@ -183,7 +183,7 @@ impl LimitsStore {
             rows: rows.len(),
             ..ImportReport::default()
         };
-        let now = self.clock.now().to_string();
+        let now = self.now().to_string();
         let mut db = self.lock_db();
         let tx = db
             .conn

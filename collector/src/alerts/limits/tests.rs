@@ -326,3 +326,83 @@ fn the_scale_comes_from_the_limits_rule() {
     ));
     assert_eq!(scale_for(&with_rule), Ok(2));
 }
+
+#[test]
+fn the_command_line_answers_and_exits_as_documented() {
+    use cli::{LimitsCommand, run};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let text = format!(
+        "listen: 127.0.0.1:0\ndata_dir: {}\nauth: {{ agent_tokens_file: /tmp/t }}\n",
+        dir.path().join("data").display()
+    );
+    let config = Config::parse(&text, Path::new("c.yaml")).expect("config");
+    let mut out = Vec::new();
+    let mut go = |command: LimitsCommand| {
+        out.clear();
+        run(&config, &command, &mut out)
+            .map(|()| String::from_utf8(out.clone()).expect("UTF-8"))
+            .map_err(|e| (e.exit, e.message))
+    };
+    let set = |id: &str, amount: &str| LimitsCommand::Set {
+        customer_id: id.into(),
+        amount: amount.into(),
+    };
+    assert_eq!(
+        go(set("C1", "150")).expect("set"),
+        "C1: monthly limit 150.00 (new)\n"
+    );
+    assert_eq!(
+        go(set("C1", "99.9")).expect("set"),
+        "C1: monthly limit 99.90 (was 150.00)\n"
+    );
+    let (exit, message) = go(set("C1", "-5")).expect_err("negative");
+    assert_eq!(
+        (exit, message.contains("negative")),
+        (64, true),
+        "{message}"
+    );
+    let (exit, _) = go(LimitsCommand::Get {
+        customer_id: "C2".into(),
+    })
+    .expect_err("none");
+    assert_eq!(exit, 1);
+    let good = csv(dir.path(), "customer_id,monthly_limit\n\"C,2\",5\n");
+    go(LimitsCommand::Import {
+        file: good,
+        replace: false,
+    })
+    .expect("import");
+    let list = go(LimitsCommand::List).expect("list");
+    let lines: Vec<&str> = list.lines().collect();
+    assert_eq!(lines[0], "customer_id,monthly_limit,updated_at");
+    // Sorted by id: ',' sorts before '1'.
+    assert!(lines[1].starts_with("\"C,2\",5.00,"), "{list}");
+    assert!(lines[2].starts_with("C1,99.90,20"), "{list}");
+    // What `list` prints imports back, unchanged.
+    let round_trip = dir.path().join("list.csv");
+    std::fs::write(&round_trip, &list).expect("write");
+    let report = go(LimitsCommand::Import {
+        file: round_trip,
+        replace: true,
+    })
+    .expect("import");
+    assert!(
+        report.contains("2 rows: 0 added, 0 changed, 2 unchanged, 0 removed"),
+        "{report}"
+    );
+    let bad = csv(dir.path(), "customer_id,monthly_limit\nC3,x\n");
+    let (exit, message) = go(LimitsCommand::Import {
+        file: bad,
+        replace: false,
+    })
+    .expect_err("bad");
+    assert_eq!(exit, 1);
+    assert!(message.contains("limits.csv:2: monthly_limit"), "{message}");
+    assert_eq!(
+        go(LimitsCommand::Delete {
+            customer_id: "C9".into()
+        })
+        .expect("delete"),
+        "C9: had no monthly limit\n"
+    );
+}
