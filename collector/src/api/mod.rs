@@ -42,7 +42,7 @@ use crate::alerts::limits::{
     LimitsError, LimitsStore, format_amount, parse_limit, validate_customer_id,
 };
 use crate::clock::Clock;
-use crate::ingest::TokenStore;
+use crate::ingest::{TokenStore, Tokens};
 use crate::schema::parse_decimal;
 
 /// Largest request body accepted (a limit document is a few dozen bytes).
@@ -61,6 +61,49 @@ pub struct AdminState {
     pub clock: Arc<dyn Clock>,
     /// The operator's time zone (`timezone`).
     pub timezone: jiff::tz::TimeZone,
+}
+
+/// Opens the admin token file (`auth.admin_token_file`) for [`AdminState::tokens`], after
+/// checking it with admin-worded messages: one token per line (`#` comments), at least 16
+/// characters, and none that `agents` (the agent tokens) would accept — otherwise that
+/// token would open both the admin API and ingest. Call it at start and in `check-config`.
+///
+/// # Errors
+/// An unreadable file, a malformed line or a token shared with the agents (named by line
+/// number, never by content), or a file without a token.
+pub fn open_admin_tokens(path: &std::path::Path, agents: &Tokens) -> anyhow::Result<TokenStore> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| anyhow::anyhow!("reading admin token file {}: {e}", path.display()))?;
+    let mut tokens = 0;
+    for (i, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let at = || format!("admin token file {} line {}", path.display(), i + 1);
+        if line.split_whitespace().count() != 1 {
+            anyhow::bail!("{}: expected one token per line", at());
+        }
+        if line.len() < 16 {
+            anyhow::bail!(
+                "{}: the token is shorter than 16 characters; use a random one, e.g. from \
+                 `openssl rand -hex 24`",
+                at()
+            );
+        }
+        if agents.check(Some(line.as_bytes()), "-").is_ok() {
+            anyhow::bail!(
+                "{}: this token is also an agent token (auth.agent_tokens_file); the admin \
+                 token must differ from every agent token",
+                at()
+            );
+        }
+        tokens += 1;
+    }
+    if tokens == 0 {
+        anyhow::bail!("admin token file {} holds no token", path.display());
+    }
+    TokenStore::open(path)
 }
 
 const LIMIT_ROUTE: &str = "/v1/customers/{id}/limit";

@@ -441,3 +441,33 @@ async fn serves_over_http_merged_with_another_router() {
     assert_eq!((status, answer.as_str()), (404, "ingest fallback"));
     server.abort();
 }
+
+#[test]
+fn the_admin_token_file_is_checked_against_the_agent_tokens() {
+    let f = fixture(true);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let agents = f.agent_tokens.current();
+    let open = |text: &str| {
+        let path = dir.path().join("admin.token");
+        std::fs::write(&path, text).expect("write");
+        open_admin_tokens(&path, &agents)
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    };
+    assert_eq!(open(&format!("# admin\n{ADMIN}\n")), Ok(()));
+    let shared = open(&format!("{ADMIN}\n{AGENT}\n")).expect_err("shared");
+    assert!(
+        shared.contains("line 2: this token is also an agent token"),
+        "{shared}"
+    );
+    assert!(!shared.contains(AGENT), "never shows a token: {shared}");
+    let short = open("short\n").expect_err("short");
+    assert!(
+        short.contains("line 1: the token is shorter than 16"),
+        "{short}"
+    );
+    let empty = open("# nothing\n").expect_err("empty");
+    assert!(empty.contains("holds no token"), "{empty}");
+    let two = open(&format!("booth-1 {ADMIN}\n")).expect_err("two words");
+    assert!(two.contains("expected one token per line"), "{two}");
+}
