@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use super::*;
 use crate::clock::FakeClock;
+use crate::config::Config;
 
 fn clock() -> FakeClock {
     FakeClock::new("2026-11-25T17:00:00Z".parse().expect("time"))
