@@ -89,7 +89,27 @@ enum Command {
     /// collector runs.
     #[command(long_about = RELOAD_ABOUT)]
     Reload(ReloadArgs),
+    /// Manage customers' monthly spending limits (data_dir/state/limits.db): import, set,
+    /// get, delete, list. Works while the collector runs (it applies changes within a
+    /// second) and while it is stopped.
+    #[command(long_about = LIMITS_ABOUT)]
+    Limits {
+        #[command(subcommand)]
+        command: tollstream_collector::alerts::limits::cli::LimitsCommand,
+    },
 }
+
+const LIMITS_ABOUT: &str = "\
+Manage customers' monthly spending limits, stored in data_dir/state/limits.db (the store \
+behind the admin API's /v1/customers/{id}/limit). Works while the collector runs (it applies \
+changes within a second) and while it is stopped; run it as the collector's user.
+
+Amounts are exact decimal text (150, 150.5, 150.00) with at most the amount column's decimal \
+places; never negative.
+
+Exit status: 0 on success; 1 when a CSV file has bad lines (every one is listed, up to 20, \
+and nothing is imported), when `get` finds no limit, or when the store fails; 64 for a bad \
+option, customer id, amount or configuration.";
 
 const RELOAD_ABOUT: &str = "\
 Load archive objects into the warehouse again, exactly as the collector loads them: one \
@@ -181,6 +201,16 @@ fn main() -> ExitCode {
             }
         },
         Command::Reload(args) => reload(&config, args),
+        Command::Limits { command } => {
+            let mut out = std::io::stdout().lock();
+            match tollstream_collector::alerts::limits::cli::run(&config, &command, &mut out) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(error) => {
+                    eprintln!("tollstream-collector: limits: {}", error.message);
+                    ExitCode::from(error.exit)
+                }
+            }
+        }
         Command::Run => match serve(config) {
             Ok(()) => ExitCode::SUCCESS,
             Err(error) => {
