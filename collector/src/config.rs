@@ -564,6 +564,7 @@ impl Config {
             )));
         }
         self.warehouse_target().map_err(invalid)?;
+        crate::alerts::rules::compile(self).map_err(invalid)?;
         Ok(())
     }
 

@@ -148,6 +148,19 @@ pub async fn run(
         .with_context(|| format!("opening warehouse {}", target.describe()))?;
     let warehouse = Arc::new(Mutex::new(warehouse));
     check_stream_tables(&config, &target, &warehouse).await?;
+    let alert_warehouse: notify::SharedWarehouse = match &target {
+        // PostgreSQL: the alerts table gets a connection of its own.
+        config::WarehouseTarget::Postgres(_) => {
+            Arc::new(Mutex::new(warehouse::open(&target).with_context(|| {
+                format!("opening warehouse {}", target.describe())
+            })?))
+        }
+        config::WarehouseTarget::Sqlite(_) => warehouse.clone(),
+    };
+    systemd::status("Opening the alert stage.");
+    let mut alerts =
+        alerts::stage::Stage::prepare(&config, clock.clone(), alert_warehouse, shutdown.clone())?;
+    let admin_tokens = alerts::stage::admin_tokens(&config, &tokens)?;
     let archive_root = data_dir.join("archive");
     let archive = Archive::new(&archive_root);
     let tracker = TaskTracker::new();
@@ -158,9 +171,11 @@ pub async fn run(
     for (name, stream) in &config.streams {
         let wal_dir = data_dir.join("wal").join(name);
         systemd::status(&format!("Recovering the WAL of stream {name}."));
+        let mut consumers = vec![buffer::CONSUMER];
+        consumers.extend(alerts.consumers(name));
         let options = WalOptions {
             segment_bytes: config.wal.segment_bytes,
-            consumers: vec![buffer::CONSUMER],
+            consumers,
         };
         let (wal, thread) = Wal::open(&wal_dir, options, clock.clone())
             .with_context(|| format!("opening WAL of stream {name}"))?;
@@ -203,6 +218,8 @@ pub async fn run(
             .schema
             .build()
             .map_err(|e| anyhow::anyhow!("streams.{name}.schema.{e}"))?;
+        let schema = Arc::new(schema);
+        alerts.start_stream(name, schema.clone(), &wal, data_dir)?;
         let progress = LoadProgress::new(name, clock.clone(), mask.clone());
         loads.push(progress.clone());
         let loader = Loader {
@@ -211,7 +228,7 @@ pub async fn run(
             progress,
             stream: name.clone(),
             table: stream.table.clone(),
-            schema: Arc::new(schema),
+            schema,
             archive_root: archive_root.clone(),
             archive: archive.clone(),
             // PostgreSQL: a connection per stream, so streams load side by side (within a
@@ -269,11 +286,24 @@ pub async fn run(
         wal_max_bytes: config.wal.max_bytes,
         disk: disk.clone(),
     });
-    let app = ingest::router(state).merge(health::router(readiness.clone()));
+    let admin = Arc::new(api::AdminState {
+        tokens: admin_tokens.clone(),
+        limits: alerts.limits.clone(),
+        view: alerts.view(),
+        clock: clock.clone(),
+        timezone: jiff::tz::TimeZone::get(&config.timezone)
+            .with_context(|| format!("timezone {:?}", config.timezone))?,
+    });
+    let app = ingest::router(state)
+        .merge(api::router(admin))
+        .merge(health::router(readiness.clone()));
     let ingest_addr = listeners.ingest.local_addr()?;
     // Background tasks that end with the server rather than drain with the pipeline.
     let side = CancellationToken::new();
     tokio::spawn(disk.clone().watch(side.clone()));
+    let notify_stop = CancellationToken::new();
+    alerts.spawn(&tracker, &side, &notify_stop);
+    let alert_threads = alerts.take_threads();
     tokio::spawn(refresh_every(
         loads,
         progress::REFRESH_INTERVAL,
@@ -326,13 +356,39 @@ pub async fn run(
         Some(accept),
         shutdown.clone(),
     );
-    tokio::spawn(reload_on_signal(reload, tokens, tls, ready, side.clone()));
+    tokio::spawn(reload_on_signal(
+        reload,
+        Reloadable {
+            tokens,
+            admin_tokens,
+            tls,
+            alerts: alerts.reloader(),
+        },
+        ready,
+        side.clone(),
+    ));
     serving.await;
     systemd::stopping("Stopping: ingest closed; draining the WAL, buffers and loaders.");
     side.cancel();
     // The server (and with it every WAL handle) is gone: the writers drain and stop, which
     // ends the buffers, which end the loaders.
     info!("Ingest stopped; draining WAL, buffers and loaders.");
+    // The alert engines end after their WAL writers, having checkpointed; the deliverers
+    // then stop (what they have not delivered waits in the outbox).
+    let engines_done = async {
+        for thread in alert_threads {
+            let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+        }
+    };
+    let alerts_in_time = tokio::time::timeout(config.shutdown_grace, engines_done)
+        .await
+        .is_ok();
+    if !alerts_in_time {
+        warn!(
+            "An alert engine did not stop within the grace period; it resumes from its last checkpoint."
+        );
+    }
+    notify_stop.cancel();
     tracker.close();
     if tokio::time::timeout(config.shutdown_grace, tracker.wait())
         .await
@@ -356,12 +412,21 @@ pub async fn run(
     Ok(())
 }
 
-/// Reads the agent tokens (and TLS files) again at each notification, until `stop`,
-/// between `RELOADING=1` and `READY=1` (with the `ready` status line again).
+/// What SIGHUP reads again.
+#[derive(Clone)]
+struct Reloadable {
+    tokens: Arc<TokenStore>,
+    admin_tokens: Option<Arc<TokenStore>>,
+    tls: Option<Arc<TlsFiles>>,
+    alerts: alerts::stage::Reloader,
+}
+
+/// Reads the agent and admin tokens, TLS files, reference data and webhook secrets again
+/// at each notification, until `stop`, between `RELOADING=1` and `READY=1` (with the
+/// `ready` status line again).
 async fn reload_on_signal(
     reload: Arc<Notify>,
-    tokens: Arc<TokenStore>,
-    tls: Option<Arc<TlsFiles>>,
+    files: Reloadable,
     ready: String,
     stop: CancellationToken,
 ) {
@@ -370,13 +435,17 @@ async fn reload_on_signal(
             () = stop.cancelled() => return,
             () = reload.notified() => {}
         }
-        systemd::reloading("Reloading the agent tokens and TLS files.");
-        let (tokens, tls) = (tokens.clone(), tls.clone());
+        systemd::reloading("Reloading tokens, TLS files, reference data and webhook secrets.");
+        let files = files.clone();
         let _ = tokio::task::spawn_blocking(move || {
-            tokens.reload();
-            if let Some(tls) = tls {
+            files.tokens.reload();
+            if let Some(admin) = &files.admin_tokens {
+                admin.reload();
+            }
+            if let Some(tls) = &files.tls {
                 tls.reload();
             }
+            files.alerts.reload();
         })
         .await;
         systemd::ready(&ready);

@@ -262,9 +262,27 @@ fn reload(config: &Config, args: ReloadArgs) -> ExitCode {
 /// What `run` reads at start besides the config: the agent tokens and the TLS files, so
 /// `check-config` (systemd's `ExecStartPre`) refuses what would stop the daemon.
 fn check_files(config: &Config) -> anyhow::Result<()> {
-    tollstream_collector::ingest::TokenStore::open(&config.auth.agent_tokens_file)?;
+    let agents = tollstream_collector::ingest::TokenStore::open(&config.auth.agent_tokens_file)?;
     if let Some(tls) = &config.ingest.tls {
         tollstream_collector::ingest::server::TlsFiles::load(&tls.cert_file, &tls.key_file)?;
+    }
+    tollstream_collector::alerts::stage::admin_tokens(config, &agents)?;
+    let rules = tollstream_collector::alerts::rules::compile(config).map_err(anyhow::Error::msg)?;
+    tollstream_collector::alerts::stage::load_references(config, &rules)?;
+    for (name, hook) in config.notify.all_webhooks() {
+        if let Some(file) = &hook.secret_file {
+            let secret = std::fs::read_to_string(file).map_err(|e| {
+                anyhow::anyhow!(
+                    "notify.webhooks.{name}.secret_file: reading {}: {e}",
+                    file.display()
+                )
+            })?;
+            anyhow::ensure!(
+                !secret.trim().is_empty(),
+                "notify.webhooks.{name}.secret_file: {} is empty",
+                file.display()
+            );
+        }
     }
     Ok(())
 }

@@ -197,6 +197,48 @@ fn describe() {
         Unit::Seconds,
         "Duration of one object load."
     );
+    describe_alerts();
+}
+
+/// The alert engine's metrics (the outbox and deliveries describe their own in `notify`).
+fn describe_alerts() {
+    describe_counter!(
+        "tollstream_collector_alert_records_total",
+        "Lines the alert engine evaluated, per stream (counted again when re-read after a crash)."
+    );
+    describe_counter!(
+        "tollstream_collector_alert_malformed_records_total",
+        "Lines the alert engine could not parse, per stream (the warehouse rejects them too)."
+    );
+    describe_counter!(
+        "tollstream_collector_alert_late_records_total",
+        "Records that arrived after their window (or month) had closed, per rule; not counted in any alert."
+    );
+    describe_gauge!(
+        "tollstream_collector_alert_keys",
+        "Keys the rule holds state for (window entries plus monthly totals)."
+    );
+    describe_gauge!(
+        "tollstream_collector_alert_open_windows",
+        "Windows of the rule not yet closed."
+    );
+    describe_gauge!(
+        "tollstream_collector_alert_watermark_timestamp_seconds",
+        Unit::Seconds,
+        "The stream's watermark (Unix time) as of the last checkpoint: windows ending before it are closed."
+    );
+    describe_counter!(
+        "tollstream_collector_alert_checkpoint_errors_total",
+        "Alert checkpoints that could not be written (retried) or read (moved aside)."
+    );
+    describe_counter!(
+        "tollstream_collector_alert_outbox_errors_total",
+        "Fired alerts that could not be stored in the outbox at the first attempt (retried)."
+    );
+    crate::notify::describe_metrics();
+    crate::alerts::limits::describe_metrics();
+    crate::alerts::reference::describe_metrics();
+    crate::api::describe_metrics();
 }
 
 /// `/metrics` in Prometheus text format.

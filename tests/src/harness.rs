@@ -394,6 +394,8 @@ pub struct CollectorSetup {
     pub extra_streams: String,
     /// Environment variables of the collector process (every start).
     pub env: Vec<(String, String)>,
+    /// `auth.admin_token_file`, if any (relative to the config file, as written).
+    pub admin_token_file: Option<String>,
 }
 
 impl Default for CollectorSetup {
@@ -410,6 +412,7 @@ impl Default for CollectorSetup {
             warehouse_ca_file: None,
             extra_streams: String::new(),
             env: Vec::new(),
+            admin_token_file: None,
         }
     }
 }
@@ -445,6 +448,8 @@ pub struct AgentSetup {
     pub multiline_start: Option<&'static str>,
     /// More keys for the flow, as YAML lines indented by four spaces.
     pub flow_extra: &'static str,
+    /// `collector.max_in_flight_per_file`, if set (1 keeps batches in file order).
+    pub max_in_flight_per_file: Option<usize>,
     /// The collector URL's host (`127.0.0.1`; e.g. `localhost` for a TLS certificate).
     pub collector_host: &'static str,
     /// `collector.ca_file`: trust this CA and send over `https://`.
@@ -469,6 +474,7 @@ impl Default for AgentSetup {
             request_timeout: None,
             multiline_start: None,
             flow_extra: "",
+            max_in_flight_per_file: None,
             collector_host: "127.0.0.1",
             collector_ca_file: None,
         }
@@ -496,10 +502,15 @@ pub fn write_collector_config(dir: &Path, setup: &CollectorSetup) -> anyhow::Res
         .as_ref()
         .map_or_else(|| "collector-data".to_string(), |d| d.display().to_string());
     let text = format!(
-        "listen: 127.0.0.1:{}\n{metrics}data_dir: {data_dir}\nauth:\n  agent_tokens_file: agent-tokens\n\
+        "listen: 127.0.0.1:{}\n{metrics}data_dir: {data_dir}\nauth:\n  agent_tokens_file: agent-tokens\n{}\
          warehouse:\n  url: {:?}\n{}{}streams:\n  toll-transactions:\n    table: toll_transactions\n\
          \x20   buffer: {{ max_bytes: {}, max_age: {} }}\n{}{}",
         setup.port,
+        setup
+            .admin_token_file
+            .as_ref()
+            .map(|f| format!("  admin_token_file: {f:?}\n"))
+            .unwrap_or_default(),
         setup
             .warehouse_url
             .as_deref()
@@ -544,6 +555,9 @@ pub fn write_agent_config(dir: &Path, setup: &AgentSetup) -> anyhow::Result<Path
         .request_timeout
         .map(|t| format!("  request_timeout: {t}\n"))
         .unwrap_or_default();
+    if let Some(n) = setup.max_in_flight_per_file {
+        collector_extra.push_str(&format!("  max_in_flight_per_file: {n}\n"));
+    }
     let scheme = match &setup.collector_ca_file {
         Some(ca) => {
             collector_extra.push_str(&format!("  ca_file: {:?}\n", ca.display().to_string()));

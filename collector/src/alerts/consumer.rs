@@ -9,7 +9,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use jiff::{SignedDuration, Timestamp};
+use jiff::Timestamp;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
@@ -75,7 +75,8 @@ impl Consumer {
             .stream
             .clone();
         let mut saved_position = self.position;
-        let mut saved_at = self.clock.now();
+        // Monotonic: the wall clock may stand still (a test clock) or jump.
+        let mut saved_at = tokio::time::Instant::now();
         let mut dirty = false;
         let mut reported = Reported::default();
         let mut fired = Vec::new();
@@ -145,10 +146,8 @@ impl Consumer {
             .watermark
     }
 
-    fn due(&self, saved_at: Timestamp) -> bool {
-        let interval =
-            SignedDuration::try_from(self.checkpoint_interval).unwrap_or(SignedDuration::MAX);
-        self.clock.now().duration_since(saved_at) >= interval || self.clock.now() < saved_at
+    fn due(&self, saved_at: tokio::time::Instant) -> bool {
+        saved_at.elapsed() >= self.checkpoint_interval
     }
 
     /// Puts every fired alert into the outbox, retrying until it works; `false` when the
@@ -195,20 +194,19 @@ impl Consumer {
     fn checkpoint(
         &mut self,
         saved_position: &mut u64,
-        saved_at: &mut Timestamp,
+        saved_at: &mut tokio::time::Instant,
         reported: &mut Reported,
     ) {
         let now = self.clock.now();
+        *saved_at = tokio::time::Instant::now();
         let mut engine = self.engine.lock().unwrap_or_else(|p| p.into_inner());
         match self.store.save(&mut engine, self.position, now) {
             Ok(()) => {
                 *saved_position = self.position;
-                *saved_at = now;
                 self.consumers.advance(CONSUMER, self.position);
                 reported.export(&engine);
             }
             Err(e) => {
-                *saved_at = now;
                 warn!(stream = %engine.stream, error = %e, "Cannot checkpoint the alert engine; retrying at the next interval (the WAL keeps what the last checkpoint does not cover).");
                 metrics::counter!("tollstream_collector_alert_checkpoint_errors_total")
                     .increment(1);

@@ -16,6 +16,7 @@ pub mod engine;
 pub mod limits;
 pub mod reference;
 pub mod rules;
+pub mod stage;
 pub mod start;
 pub mod state;
 pub mod windows;

@@ -84,6 +84,7 @@ impl Replay {
             |dir: &Path, setup: &mut CollectorSetup| {
                 std::fs::write(dir.join("booth-thresholds.csv"), &csv)?;
                 std::fs::write(dir.join("admin-token"), format!("{ADMIN_TOKEN}\n"))?;
+                setup.admin_token_file = Some("admin-token".into());
                 std::fs::write(dir.join("webhook.secret"), format!("{WEBHOOK_SECRET}\n"))?;
                 clock_file = dir.join("clock");
                 std::fs::write(&clock_file, clock.to_string())?;
@@ -103,7 +104,13 @@ impl Replay {
                 Ok(())
             },
             Ok,
-            |agent| agent.batch_max_age = "100ms",
+            |agent| {
+                agent.batch_max_age = "100ms";
+                // One batch in flight keeps the WAL in file order, so the model's order is
+                // the collector's (with several, a fast replay's batches span hours of
+                // event time and may overtake each other by more than the lateness).
+                agent.max_in_flight_per_file = Some(1);
+            },
             |_| Ok(()),
         )?;
         // The admin token file is read relative to the config; written above.
@@ -148,7 +155,10 @@ impl Replay {
 
     /// Appends transactions to the watched file (and feeds them to the model).
     fn write(&mut self, txs: &[Transaction]) -> anyhow::Result<()> {
-        let lines: Vec<String> = txs.iter().map(|tx| tx.to_line(&self.tz)).collect();
+        let lines: Vec<String> = txs
+            .iter()
+            .map(|tx| format!("{}\n", tx.to_line(&self.tz)))
+            .collect();
         for tx in txs {
             self.oracle.feed(tx);
         }
@@ -418,7 +428,10 @@ fn replay_month_end(kill: bool) -> anyhow::Result<()> {
             tx
         })
         .collect();
-    let late_lines: Vec<String> = late.iter().map(|tx| tx.to_line(&replay.tz)).collect();
+    let late_lines: Vec<String> = late
+        .iter()
+        .map(|tx| format!("{}\n", tx.to_line(&replay.tz)))
+        .collect();
     append(
         &replay.pipeline.dir.path().join("logs/booths.log"),
         &late_lines,
