@@ -15,8 +15,10 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use crate::schema::SchemaConfig;
 
 mod error;
+mod firehose;
 
 pub use error::{ConfigError, Origin};
+pub use firehose::{AccessKeyConfig, FirehoseConfig, valid_delivery_stream_name};
 
 /// The whole collector configuration.
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -52,6 +54,9 @@ pub struct Config {
     /// How long to wait for in-flight work on SIGTERM.
     #[serde(default = "default_shutdown_grace", with = "duration")]
     pub shutdown_grace: Duration,
+    /// The Kinesis Firehose–compatible API (`POST /`); absent: off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub firehose: Option<FirehoseConfig>,
 }
 
 /// Authentication of agents.
@@ -367,6 +372,9 @@ impl Config {
             tls.cert_file = resolve(base, &tls.cert_file);
             tls.key_file = resolve(base, &tls.key_file);
         }
+        if let Some(firehose) = &mut config.firehose {
+            firehose.resolve_paths(base);
+        }
         config
             .validate()
             .map_err(|message| error::invalid(&text, path, &[], message))?;
@@ -525,6 +533,9 @@ impl Config {
             )));
         }
         self.warehouse_target().map_err(invalid)?;
+        if let Some(firehose) = &self.firehose {
+            firehose.validate(&self.streams)?;
+        }
         Ok(())
     }
 

@@ -250,7 +250,7 @@ pub async fn run(
         warehouse: loads.clone(),
     });
     let ingest = &config.ingest;
-    let state = Arc::new(IngestState {
+    let state = IngestState {
         streams: wals,
         tokens: tokens.clone(),
         body: BodyLimits {
@@ -265,8 +265,24 @@ pub async fn run(
         budget: Budget::new(ingest.max_buffered_bytes),
         wal_max_bytes: config.wal.max_bytes,
         disk: disk.clone(),
-    });
-    let app = ingest::router(state).merge(health::router(readiness.clone()));
+    };
+    let state = Arc::new(state);
+    let mut app = ingest::router(state.clone()).merge(health::router(readiness.clone()));
+    let firehose_keys = match &config.firehose {
+        Some(firehose) => {
+            let keys = Arc::new(ingest::firehose::KeyStore::open(firehose)?);
+            let firehose = ingest::firehose::FirehoseState::new(
+                firehose,
+                &config.streams,
+                state,
+                keys.clone(),
+                clock.clone(),
+            );
+            app = app.merge(ingest::firehose::router(Arc::new(firehose)));
+            Some(keys)
+        }
+        None => None,
+    };
     let ingest_addr = listeners.ingest.local_addr()?;
     // Background tasks that end with the server rather than drain with the pipeline.
     let side = CancellationToken::new();
@@ -323,7 +339,13 @@ pub async fn run(
         Some(accept),
         shutdown.clone(),
     );
-    tokio::spawn(reload_on_signal(reload, tokens, tls, ready, side.clone()));
+    tokio::spawn(reload_on_signal(
+        reload,
+        (tokens, firehose_keys),
+        tls,
+        ready,
+        side.clone(),
+    ));
     serving.await;
     systemd::stopping("Stopping: ingest closed; draining the WAL, buffers and loaders.");
     side.cancel();
@@ -353,11 +375,11 @@ pub async fn run(
     Ok(())
 }
 
-/// Reads the agent tokens (and TLS files) again at each notification, until `stop`,
+/// Reads the agent tokens (and TLS files, Firehose keys) again at each notification, until `stop`,
 /// between `RELOADING=1` and `READY=1` (with the `ready` status line again).
 async fn reload_on_signal(
     reload: Arc<Notify>,
-    tokens: Arc<TokenStore>,
+    (tokens, firehose_keys): (Arc<TokenStore>, Option<Arc<ingest::firehose::KeyStore>>),
     tls: Option<Arc<TlsFiles>>,
     ready: String,
     stop: CancellationToken,
@@ -368,9 +390,12 @@ async fn reload_on_signal(
             () = reload.notified() => {}
         }
         systemd::reloading("Reloading the agent tokens and TLS files.");
-        let (tokens, tls) = (tokens.clone(), tls.clone());
+        let (tokens, tls, keys) = (tokens.clone(), tls.clone(), firehose_keys.clone());
         let _ = tokio::task::spawn_blocking(move || {
             tokens.reload();
+            if let Some(keys) = keys {
+                keys.reload();
+            }
             if let Some(tls) = tls {
                 tls.reload();
             }
