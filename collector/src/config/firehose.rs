@@ -130,3 +130,77 @@ pub fn valid_delivery_stream_name(name: &str) -> bool {
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use crate::config::Config;
+
+    const MINIMAL: &str = "listen: 127.0.0.1:8700\ndata_dir: data\nauth:\n  agent_tokens_file: t\n";
+
+    fn parse(firehose: &str) -> Result<Config, String> {
+        let text = format!("{MINIMAL}firehose:\n{firehose}");
+        let config = Config::parse(&text, Path::new("c.yaml")).map_err(|e| e.to_string())?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    #[test]
+    fn every_stream_is_a_delivery_stream_unless_mapped() {
+        let config = parse("  access_keys:\n    - { access_key_id: AKID1, secret_key_file: s }\n")
+            .expect("valid");
+        let firehose = config.firehose.as_ref().expect("firehose");
+        assert_eq!(
+            firehose.delivery_streams(&config.streams),
+            [(
+                "toll-transactions".to_owned(),
+                "toll-transactions".to_owned()
+            )]
+            .into()
+        );
+        let config = parse(
+            "  access_keys:\n    - { access_key_id: AKID1, secret_key_file: s }\n  \
+             delivery_streams: { Tolls.Prod: toll-transactions }\n",
+        )
+        .expect("valid");
+        let firehose = config.firehose.as_ref().expect("firehose");
+        assert_eq!(
+            firehose.delivery_streams(&config.streams),
+            [("Tolls.Prod".to_owned(), "toll-transactions".to_owned())].into()
+        );
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_refused_with_their_key() {
+        let key = "  access_keys:\n    - { access_key_id: AKID1, secret_key_file: s }\n";
+        for (firehose, expected) in [
+            (
+                "  access_keys:\n    - { access_key_id: AKID1, secret_key: s }\n",
+                "secret_key",
+            ),
+            ("  access_keys: []\n", "at least one key"),
+            (
+                "  access_keys:\n    - { access_key_id: 'AK/1', secret_key_file: s }\n",
+                "access_keys[0].access_key_id",
+            ),
+            (
+                "  access_keys:\n    - { access_key_id: AKID1, secret_key_file: s }\n    - { access_key_id: AKID1, secret_key_file: s }\n",
+                "listed twice",
+            ),
+            (&format!("{key}  region: US East\n"), "firehose.region"),
+            (
+                &format!("{key}  delivery_streams: {{ 'bad name': toll-transactions }}\n"),
+                "1-64 characters",
+            ),
+            (
+                &format!("{key}  delivery_streams: {{ tolls: nope }}\n"),
+                "not a stream",
+            ),
+            (&format!("{key}  regoin: us-east-1\n"), "regoin"),
+        ] {
+            let error = parse(firehose).expect_err(firehose);
+            assert!(error.contains(expected), "{firehose}: {error}");
+        }
+    }
+}
