@@ -115,3 +115,40 @@ impl KeyStore {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::AccessKeyConfig;
+
+    #[test]
+    fn keys_reload_and_a_broken_file_keeps_the_old_ones() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let secret = dir.path().join("secret");
+        std::fs::write(&secret, "first-secret\n").expect("write");
+        let config = FirehoseConfig {
+            access_keys: vec![AccessKeyConfig {
+                access_key_id: "AKID1".into(),
+                secret_key_file: secret.clone(),
+                session_token_file: None,
+            }],
+            region: None,
+            delivery_streams: Default::default(),
+        };
+        let store = KeyStore::open(&config).expect("opens");
+        assert_eq!(store.get("AKID1").expect("key").secret, "first-secret");
+        assert!(store.get("AKID2").is_none());
+        std::fs::write(&secret, "second-secret\n").expect("write");
+        assert!(store.reload());
+        assert_eq!(store.get("AKID1").expect("key").secret, "second-secret");
+        std::fs::write(&secret, "\n").expect("write");
+        assert!(!store.reload(), "an empty secret file is refused");
+        assert_eq!(store.get("AKID1").expect("key").secret, "second-secret");
+        let error = load(&config).expect_err("empty").to_string();
+        assert!(error.contains("AKID1"), "{error}");
+        assert!(
+            !format!("{:?}", store.get("AKID1")).contains("second"),
+            "Debug hides it"
+        );
+    }
+}
