@@ -15,10 +15,12 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use crate::schema::SchemaConfig;
 
 mod error;
+mod firehose;
 mod notify;
 mod rules;
 
 pub use error::{ConfigError, Origin};
+pub use firehose::{AccessKeyConfig, FirehoseConfig, valid_delivery_stream_name};
 pub use notify::{NotifyConfig, WebhookConfig};
 pub use rules::{
     Aggregate, AlertsConfig, Comparison, FilterConfig, Period, RuleConfig, ThresholdConfig,
@@ -67,6 +69,9 @@ pub struct Config {
     /// Where alerts are delivered.
     #[serde(default)]
     pub notify: NotifyConfig,
+    /// The Kinesis Firehose–compatible API (`POST /`); absent: off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub firehose: Option<FirehoseConfig>,
 }
 
 /// Authentication of agents.
@@ -406,6 +411,9 @@ impl Config {
             tls.cert_file = resolve(base, &tls.cert_file);
             tls.key_file = resolve(base, &tls.key_file);
         }
+        if let Some(firehose) = &mut config.firehose {
+            firehose.resolve_paths(base);
+        }
         config
             .validate()
             .map_err(|message| error::invalid(&text, path, &[], message))?;
@@ -564,6 +572,9 @@ impl Config {
             )));
         }
         self.warehouse_target().map_err(invalid)?;
+        if let Some(firehose) = &self.firehose {
+            firehose.validate(&self.streams)?;
+        }
         crate::alerts::rules::compile(self).map_err(invalid)?;
         Ok(())
     }

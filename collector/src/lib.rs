@@ -270,7 +270,7 @@ pub async fn run(
         warehouse: loads.clone(),
     });
     let ingest = &config.ingest;
-    let state = Arc::new(IngestState {
+    let state = IngestState {
         streams: wals,
         tokens: tokens.clone(),
         body: BodyLimits {
@@ -285,7 +285,8 @@ pub async fn run(
         budget: Budget::new(ingest.max_buffered_bytes),
         wal_max_bytes: config.wal.max_bytes,
         disk: disk.clone(),
-    });
+    };
+    let state = Arc::new(state);
     let admin = Arc::new(api::AdminState {
         tokens: admin_tokens.clone(),
         limits: alerts.limits.clone(),
@@ -294,9 +295,24 @@ pub async fn run(
         timezone: jiff::tz::TimeZone::get(&config.timezone)
             .with_context(|| format!("timezone {:?}", config.timezone))?,
     });
-    let app = ingest::router(state)
+    let mut app = ingest::router(state.clone())
         .merge(api::router(admin))
         .merge(health::router(readiness.clone()));
+    let firehose_keys = match &config.firehose {
+        Some(firehose) => {
+            let keys = Arc::new(ingest::firehose::KeyStore::open(firehose)?);
+            let firehose = ingest::firehose::FirehoseState::new(
+                firehose,
+                &config.streams,
+                state,
+                keys.clone(),
+                clock.clone(),
+            );
+            app = app.merge(ingest::firehose::router(Arc::new(firehose)));
+            Some(keys)
+        }
+        None => None,
+    };
     let ingest_addr = listeners.ingest.local_addr()?;
     // Background tasks that end with the server rather than drain with the pipeline.
     let side = CancellationToken::new();
@@ -361,6 +377,7 @@ pub async fn run(
         Reloadable {
             tokens,
             admin_tokens,
+            firehose_keys,
             tls,
             alerts: alerts.reloader(),
         },
@@ -417,13 +434,14 @@ pub async fn run(
 struct Reloadable {
     tokens: Arc<TokenStore>,
     admin_tokens: Option<Arc<TokenStore>>,
+    firehose_keys: Option<Arc<ingest::firehose::KeyStore>>,
     tls: Option<Arc<TlsFiles>>,
     alerts: alerts::stage::Reloader,
 }
 
-/// Reads the agent and admin tokens, TLS files, reference data and webhook secrets again
-/// at each notification, until `stop`, between `RELOADING=1` and `READY=1` (with the
-/// `ready` status line again).
+/// Reads the agent and admin tokens, Firehose keys, TLS files, reference data and webhook
+/// secrets again at each notification, until `stop`, between `RELOADING=1` and `READY=1`
+/// (with the `ready` status line again).
 async fn reload_on_signal(
     reload: Arc<Notify>,
     files: Reloadable,
@@ -435,12 +453,17 @@ async fn reload_on_signal(
             () = stop.cancelled() => return,
             () = reload.notified() => {}
         }
-        systemd::reloading("Reloading tokens, TLS files, reference data and webhook secrets.");
+        systemd::reloading(
+            "Reloading tokens, Firehose keys, TLS files, reference data and webhook secrets.",
+        );
         let files = files.clone();
         let _ = tokio::task::spawn_blocking(move || {
             files.tokens.reload();
             if let Some(admin) = &files.admin_tokens {
                 admin.reload();
+            }
+            if let Some(keys) = &files.firehose_keys {
+                keys.reload();
             }
             if let Some(tls) = &files.tls {
                 tls.reload();

@@ -259,8 +259,9 @@ fn reload(config: &Config, args: ReloadArgs) -> ExitCode {
     }
 }
 
-/// What `run` reads at start besides the config: the agent tokens and the TLS files, so
-/// `check-config` (systemd's `ExecStartPre`) refuses what would stop the daemon.
+/// What `run` reads at start besides the config: the agent tokens, the TLS files and the
+/// Firehose key files, so `check-config` (systemd's `ExecStartPre`) refuses what would stop
+/// the daemon.
 fn check_files(config: &Config) -> anyhow::Result<()> {
     let agents = tollstream_collector::ingest::TokenStore::open(&config.auth.agent_tokens_file)?;
     if let Some(tls) = &config.ingest.tls {
@@ -283,6 +284,9 @@ fn check_files(config: &Config) -> anyhow::Result<()> {
                 file.display()
             );
         }
+    }
+    if let Some(firehose) = &config.firehose {
+        tollstream_collector::ingest::firehose::keys::load(firehose)?;
     }
     Ok(())
 }

@@ -48,6 +48,7 @@ pub const LATENCY_BUCKETS_SECONDS: &[f64] = &[
 ];
 
 fn describe() {
+    crate::ingest::firehose::describe_metrics();
     describe_counter!(
         "tollstream_collector_ingest_bytes_total",
         Unit::Bytes,

@@ -23,6 +23,7 @@ use tracing::warn;
 pub mod auth;
 pub mod body;
 pub mod error;
+pub mod firehose;
 pub mod framing;
 pub mod server;
 
@@ -180,7 +181,7 @@ fn refusal(refusal: auth::Refusal) -> ApiError {
 }
 
 /// Refuses a batch the collector could not keep: the stream's WAL or the disk is full.
-fn admit(state: &IngestState, stream: &str, wal: &Wal) -> Result<(), ApiError> {
+pub(crate) fn admit(state: &IngestState, stream: &str, wal: &Wal) -> Result<(), ApiError> {
     let wal_bytes = wal.disk_bytes();
     if wal_bytes >= state.wal_max_bytes {
         return Err(ApiError::new(
@@ -253,7 +254,7 @@ fn batch_identity(headers: &HeaderMap) -> Result<(String, Option<(u64, u64)>), A
     }
 }
 
-fn wal_error(error: WalError, disk: &Arc<DiskGuard>) -> ApiError {
+pub(crate) fn wal_error(error: WalError, disk: &Arc<DiskGuard>) -> ApiError {
     match error {
         WalError::Misaligned { .. } => ApiError::new(Reason::Conflict, error.to_string()),
         WalError::Io { ref source, .. }

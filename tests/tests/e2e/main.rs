@@ -9,6 +9,7 @@ mod crashes;
 mod disk;
 mod faults;
 mod files;
+mod firehose;
 mod fixture;
 mod ingest;
 mod logrotate;

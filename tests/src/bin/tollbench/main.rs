@@ -12,6 +12,8 @@
 //!   message when no PostgreSQL server can be had.
 //! * `ingest` — 1, 10 and 100 synthetic agents send pre-compressed batches straight to a
 //!   collector (fsync, SQLite): records/s, MB/s, ack latency p50/p99, collector CPU and RSS.
+//! * `firehose` — 1, 10 and 100 producers send `PutRecordBatch` requests of 500 records,
+//!   SigV4-signed, to the collector's Firehose API (compare: `ingest --batch-records 500`).
 //! * `end-to-end` — toll lines written at a steady rate (5,000/s) into a watched file →
 //!   agent → collector (default configuration) → SQLite, then PostgreSQL (skipped with a
 //!   message when no server can be had): per line, write → row visible, p50/p99/max.
@@ -30,6 +32,7 @@
 mod agent_throughput;
 mod catch_up;
 mod end_to_end;
+mod firehose;
 mod ingest;
 mod references;
 
@@ -99,6 +102,7 @@ enum Scenario {
     CatchUpPostgres,
     Ingest,
     EndToEnd,
+    Firehose,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -179,6 +183,10 @@ fn main() -> anyhow::Result<()> {
             },
         )?);
     }
+    if all || args.scenario == Scenario::Firehose {
+        let age = if args.smoke { "1s" } else { "2s" };
+        results.extend(firehose::firehose(dir.path(), lines, &args.agents, age)?);
+    }
     if all || args.scenario == Scenario::EndToEnd {
         let options = end_to_end::Options {
             rate: if args.smoke { 1000.0 } else { args.rate },
@@ -203,6 +211,7 @@ fn main() -> anyhow::Result<()> {
     }
     print_table(&results);
     ingest::print_table(&results);
+    firehose::print_table(&results);
     end_to_end::print_table(&results);
     let report = json!({ "lines": lines, "smoke": args.smoke, "results": results });
     std::fs::write(&args.json, serde_json::to_string_pretty(&report)?)
