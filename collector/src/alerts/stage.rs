@@ -247,11 +247,10 @@ impl Stage {
                     _ = tick.tick() => {}
                 }
                 let store = limits.clone();
-                match tokio::task::spawn_blocking(move || store.refresh_if_changed()).await {
-                    Ok(Err(e)) => {
-                        warn!(error = %e, "Cannot read the limits store for changes; retrying.")
-                    }
-                    Ok(Ok(_)) | Err(_) => {}
+                if let Ok(Err(e)) =
+                    tokio::task::spawn_blocking(move || store.refresh_if_changed()).await
+                {
+                    warn!(error = %e, "Cannot read the limits store for changes; retrying.");
                 }
             }
         });
