@@ -93,6 +93,8 @@ check "agent-tokens 0640" has tollstream-collector '-rw-r----- root/root' \
   etc/tollstream/agent-tokens
 check "thresholds example" has tollstream-collector '-rw-r--r-- root/root' \
   usr/share/doc/tollstream-collector/examples/booth-thresholds.csv
+check "thresholds (a conffile, header only)" has tollstream-collector '-rw-r--r-- root/root' \
+  etc/tollstream/booth-thresholds.csv
 
 step "install (dpkg -i)"
 we_installed=1
@@ -113,7 +115,7 @@ conffiles() { dpkg-query -W -f='${Conffiles}\n' "$1" | awk 'NF {print $1}' | sor
 check "agent conffiles" test "$(conffiles tollstream-agent)" = \
   "/etc/tollstream/agent.token /etc/tollstream/agent.yaml"
 check "collector conffiles" test "$(conffiles tollstream-collector)" = \
-  "/etc/tollstream/agent-tokens /etc/tollstream/collector.yaml"
+  "/etc/tollstream/agent-tokens /etc/tollstream/booth-thresholds.csv /etc/tollstream/collector.yaml"
 check "agent.token root:tollstream-agent 0640" \
   test "$(stat -c '%U:%G %a' /etc/tollstream/agent.token)" = "root:tollstream-agent 640"
 check "agent-tokens root:tollstream-collector 0640" \
