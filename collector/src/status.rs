@@ -57,6 +57,9 @@ pub struct Report {
     pub at: String,
     /// One entry per configured stream, in name order.
     pub streams: Vec<StreamReport>,
+    /// The alert engines' checkpoints and the outbox; absent without rules or outbox.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub alerts: Option<crate::alerts::report::AlertsReport>,
 }
 
 /// Where one stream's stages stand.
@@ -251,6 +254,7 @@ pub fn collect(config: &Config, clock: &dyn Clock) -> anyhow::Result<Report> {
         warehouse: target.describe(),
         at: format_timestamp(now),
         streams,
+        alerts: crate::alerts::report::collect(config, now)?,
     })
 }
 
@@ -685,6 +689,9 @@ pub fn render(report: &Report) -> String {
     );
     for stream in &report.streams {
         render_stream(&mut out, stream);
+    }
+    if let Some(alerts) = &report.alerts {
+        crate::alerts::report::render(&mut out, alerts);
     }
     out
 }

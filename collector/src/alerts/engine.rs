@@ -19,7 +19,9 @@
 //! thresholds, except the idle advance, which reads the wall clock; ids are deterministic,
 //! so a replay after a crash recomputes the same alerts and the outbox drops the repeats.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::BTreeMap;
+
+use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
 use std::sync::Arc;
 
 use jiff::{SignedDuration, Timestamp};
@@ -97,6 +99,8 @@ pub struct MonthAcc {
     pub acc: Acc,
     /// Thresholds that fired this month, in order (each higher than the one before).
     pub fired: Vec<i64>,
+    /// Changed since the last checkpoint (and listed in [`RuleState::dirty`]).
+    pub dirty: bool,
 }
 
 /// State of one rule.
@@ -112,8 +116,8 @@ pub struct RuleState {
     pub months: HashMap<(Month, String), MonthAcc>,
     /// Monthly rules: the oldest month still open.
     pub open_from: Option<Month>,
-    /// Monthly totals changed since the last checkpoint.
-    pub dirty: HashSet<(Month, String)>,
+    /// Monthly totals changed since the last checkpoint (each listed once).
+    pub dirty: Vec<(Month, String)>,
     /// Months closed since the last checkpoint (their rows can go).
     pub closed_months: Vec<Month>,
 }
@@ -127,7 +131,7 @@ impl RuleState {
             next_close: None,
             months: HashMap::new(),
             open_from: None,
-            dirty: HashSet::new(),
+            dirty: Vec::new(),
             closed_months: Vec::new(),
         }
     }
@@ -390,9 +394,15 @@ fn fold_month(
         Threshold::Reference(_) => None, // Refused by the rule compiler.
     };
     let entry_key = (month, key);
-    let total = state.months.entry(entry_key.clone()).or_default();
+    let total = match state.months.get_mut(&entry_key) {
+        Some(total) => total,
+        None => state.months.entry(entry_key.clone()).or_default(),
+    };
     total.acc.add(value);
-    state.dirty.insert(entry_key.clone());
+    if !total.dirty {
+        total.dirty = true;
+        state.dirty.push(entry_key.clone());
+    }
     let (Some(threshold), Some(current)) = (threshold, total.acc.value(rule.aggregate)) else {
         return false;
     };

@@ -15,6 +15,7 @@ pub mod consumer;
 pub mod engine;
 pub mod limits;
 pub mod reference;
+pub mod report;
 pub mod rules;
 pub mod stage;
 pub mod start;

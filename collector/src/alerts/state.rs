@@ -12,7 +12,7 @@
 //! dropped with a warning. A checkpoint file that cannot be read is moved aside with an
 //! ERROR and the engines start afresh from the oldest record the WAL still holds.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use jiff::Timestamp;
@@ -213,7 +213,7 @@ impl StateStore {
                 let Some(start) = ts(Some(start)) else {
                     continue;
                 };
-                let map: HashMap<String, Acc> = keys
+                let map: foldhash::HashMap<String, Acc> = keys
                     .into_iter()
                     .map(|(k, (count, sum, min, max))| {
                         let sum = sum.parse().unwrap_or(0);
@@ -266,6 +266,7 @@ impl StateStore {
                             max,
                         },
                         fired: fired.0,
+                        dirty: false,
                     },
                 );
             }
@@ -384,7 +385,11 @@ impl StateStore {
         }
         tx.commit().map_err(err("commit"))?;
         for state in &mut engine.rules {
-            state.dirty.clear();
+            for entry in std::mem::take(&mut state.dirty) {
+                if let Some(total) = state.months.get_mut(&entry) {
+                    total.dirty = false;
+                }
+            }
             state.closed_months.clear();
         }
         Ok(())
