@@ -311,7 +311,12 @@ pub async fn run(
             app = app.merge(ingest::firehose::router(Arc::new(firehose)));
             Some(keys)
         }
-        None => None,
+        None => {
+            // The routers hold what they need: no WAL handle may outlive the server, or
+            // the writers (and with them the drain) never stop.
+            drop(state);
+            None
+        }
     };
     let ingest_addr = listeners.ingest.local_addr()?;
     // Background tasks that end with the server rather than drain with the pipeline.

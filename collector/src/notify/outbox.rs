@@ -24,7 +24,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
 
 use jiff::Timestamp;
-use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
+use rusqlite::{Connection, OptionalExtension, params};
 use serde::Serialize;
 use tokio::sync::watch;
 use tracing::warn;
@@ -472,8 +472,8 @@ pub fn read_status(path: &Path, now: Timestamp) -> Result<Option<OutboxStatus>, 
     if !path.exists() {
         return Ok(None);
     }
-    let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY)
-        .map_err(sql(path, "open read-only"))?;
+    // Without creating `-wal`/`-shm` files beside it when no collector has it open.
+    let conn = crate::status::open_read_only(path).map_err(sql(path, "open read-only"))?;
     conn.busy_timeout(std::time::Duration::from_secs(5))
         .map_err(sql(path, "set busy_timeout"))?;
     query_status(&conn, path, now).map(Some)
