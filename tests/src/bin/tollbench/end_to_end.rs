@@ -382,6 +382,21 @@ fn seconds_sorted(values: impl Iterator<Item = i64>) -> Vec<f64> {
     v
 }
 
+/// The slope of freshness over write time (least squares over `(write µs, row)` pairs).
+fn growth(matched: &[(i64, &Seen)]) -> f64 {
+    let Some(first) = matched.iter().map(|(w, _)| *w).min() else {
+        return f64::NAN;
+    };
+    let n = matched.len() as f64;
+    let points = matched
+        .iter()
+        .map(|(w, r)| ((w - first) as f64 / 1e6, (r.visible_us - w) as f64 / 1e6));
+    let (sx, sy, sxx, sxy) = points.fold((0.0, 0.0, 0.0, 0.0), |(sx, sy, sxx, sxy), (x, y)| {
+        (sx + x, sy + y, sxx + x * x, sxy + x * y)
+    });
+    (n * sxy - sx * sy) / (n * sxx - sx * sx)
+}
+
 /// The run's figures as JSON; `usage` is the agent's and the collector's.
 fn summarize(
     backend: &str,
@@ -407,6 +422,7 @@ fn summarize(
         );
     }
     let freshness = seconds_sorted(matched.iter().map(|(w, r)| r.visible_us - w));
+    let growth = growth(&matched);
     let to_received = seconds_sorted(matched.iter().map(|(w, r)| r.received_us - w));
     let to_visible = seconds_sorted(matched.iter().map(|(_, r)| r.visible_us - r.received_us));
     let first_write = written.values().min().copied().unwrap_or(0);
@@ -435,6 +451,9 @@ fn summarize(
         "rows_per_sec": (lines - first_poll_rows) / ((last_visible - first_visible).max(1) as f64 / 1e6),
         "seconds": wall,
         "freshness_seconds": stats(&freshness),
+        // Seconds of freshness gained per second of writing (least squares): ~0 while the
+        // pipeline keeps up, the share of the rate it falls behind by when it does not.
+        "freshness_growth": growth,
         "write_to_received_seconds": stats(&to_received),
         "received_to_visible_seconds": stats(&to_visible),
         "poll_interval_ms": options.poll.as_secs_f64() * 1e3,

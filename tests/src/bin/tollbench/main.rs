@@ -86,19 +86,20 @@ struct Args {
     /// `end-to-end`: lines written per second.
     #[arg(long, default_value_t = 5000.0)]
     rate: f64,
-    /// `end-to-end`: seconds of writing per backend (default 60; 25 with --quick, 4 with
+    /// `end-to-end`: seconds of writing per backend (default 60; 15 with --quick, 4 with
     /// --smoke).
     #[arg(long)]
     seconds: Option<f64>,
     /// `end-to-end`: the first rate of the search for the highest rate with freshness p99
-    /// under 5 s (doubling until a step fails, then bisecting).
-    #[arg(long, default_value_t = 10_000.0)]
-    search_start: f64,
-    /// `end-to-end`: seconds of writing per search step (default 20; 8 with --quick, 2
+    /// under 5 s (doubling until a step fails, then bisecting; default 10,000; 20,000 with
+    /// --quick).
+    #[arg(long)]
+    search_start: Option<f64>,
+    /// `end-to-end`: seconds of writing per search step (default 20; 6 with --quick, 2
     /// with --smoke).
     #[arg(long)]
     step_seconds: Option<f64>,
-    /// `many-files`: seconds of each phase, idle and active (default 60; 10 with --quick, 2
+    /// `many-files`: seconds of each phase, idle and active (default 60; 8 with --quick, 1
     /// with --smoke).
     #[arg(long)]
     phase_seconds: Option<f64>,
@@ -183,9 +184,9 @@ fn main() -> anyhow::Result<()> {
     }
     if all || args.scenario == Scenario::ManyFiles {
         let phase = args.phase_seconds.unwrap_or(if args.smoke {
-            2.0
+            1.0
         } else if args.quick {
-            10.0
+            8.0
         } else {
             60.0
         });
@@ -229,7 +230,7 @@ fn main() -> anyhow::Result<()> {
             seconds: args.seconds.unwrap_or(if args.smoke {
                 4.0
             } else if args.quick {
-                25.0
+                15.0
             } else {
                 60.0
             }),
@@ -242,11 +243,12 @@ fn main() -> anyhow::Result<()> {
                 1000.0
             } else {
                 args.search_start
+                    .unwrap_or(if args.quick { 20_000.0 } else { 10_000.0 })
             },
             step: std::time::Duration::from_secs_f64(args.step_seconds.unwrap_or(if args.smoke {
                 2.0
             } else if args.quick {
-                8.0
+                6.0
             } else {
                 20.0
             })),
@@ -257,7 +259,8 @@ fn main() -> anyhow::Result<()> {
             } else {
                 4
             },
-            ceiling: if args.smoke { 2000.0 } else { 1e7 },
+            // One step in a smoke run.
+            ceiling: if args.smoke { 1000.0 } else { 1e7 },
             granularity: if args.smoke { 500.0 } else { 1000.0 },
             poll: options.poll,
         };

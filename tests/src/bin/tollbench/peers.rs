@@ -394,14 +394,14 @@ fn rsyslog_command(
 /// run): name, gzip?, lines/s, CPU µs/line, peak RSS MB.
 const ANCHORS: &[(&str, bool, f64, f64, f64)] = &[
     (
-        "Fluent Bit 5.1 tail → http json_lines+gzip, Flush 0.2",
+        "Fluent Bit 5.1 tail → http, json_lines+gzip",
         true,
         514e3,
         3.5,
         314.0,
     ),
     (
-        "Fluent Bit 5.1 tail → http msgpack, no gzip, Flush 0.2",
+        "Fluent Bit 5.1 tail → http, msgpack, no gzip",
         false,
         1.14e6,
         0.45,
@@ -415,7 +415,7 @@ const ANCHORS: &[(&str, bool, f64, f64, f64)] = &[
         19.0,
     ),
     (
-        "rsyslog 8.2302 imfile → omhttp+gzip (built from source)",
+        "rsyslog 8.2302 imfile → omhttp+gzip (from source)",
         true,
         221e3,
         5.5,
@@ -449,7 +449,7 @@ pub fn print_table(results: &[Value]) {
         return;
     }
     println!(
-        "\n{:<58} {:>9} {:>8} {:>8} {:>8} {:>8} {:>8}",
+        "\n{:<64} {:>9} {:>8} {:>8} {:>8} {:>8} {:>8}",
         "peers: same file → same sink", "lines/s", "µs/line", "RSS", "agent×", "CPU×", "RSS×"
     );
     let num = |r: &Value, k: &str| r.get(k).and_then(Value::as_f64).unwrap_or(f64::NAN);
@@ -462,7 +462,7 @@ pub fn print_table(results: &[Value]) {
             )
         });
         println!(
-            "{:<58} {:>9.0} {:>8.2} {:>5.0} MB {:>7.2}× {:>7.2}× {:>7.2}×",
+            "{:<64} {:>9.0} {:>8.2} {:>5.0} MB {:>7.2}× {:>7.2}× {:>7.2}×",
             label,
             speed,
             cpu,
@@ -495,7 +495,7 @@ pub fn print_table(results: &[Value]) {
             } else {
                 "failed"
             };
-            println!("{name:<58} {word}: {why}");
+            println!("{name:<64} {word}: {why}");
             continue;
         }
         let label = format!("{name} {} (this run)", p["version"].as_str().unwrap_or(""));
