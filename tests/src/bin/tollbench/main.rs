@@ -26,7 +26,12 @@
 //! target/release/tollbench all [--lines 5000000] [--quick] [--smoke] [--json FILE]
 //! target/release/tollbench ingest [--agents 1,10,100] [--batch-records 1000] [--in-flight 1]
 //! target/release/tollbench end-to-end [--rate 5000] [--seconds 60] [--poll-ms 25]
+//!                                     [--search-start 10000] [--step-seconds 20]
+//! target/release/tollbench many-files [--phase-seconds 60]
+//! TOLLBENCH_RSYSLOG_ROOT=DIR TOLLBENCH_SYSLOG_NG_ROOT=DIR target/release/tollbench peers
 //! ```
+//!
+//! The figures of this machine, and how to read them, are in BENCHMARKS.md.
 //!
 //! One module per scenario. Wall-clock time is what a benchmark measures, so these files read
 //! the real clock.
