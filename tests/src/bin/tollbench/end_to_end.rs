@@ -16,6 +16,8 @@
 use std::collections::HashMap;
 use std::io::Write as _;
 use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, bail};
@@ -33,6 +35,12 @@ pub struct Options {
     pub seconds: f64,
     /// How often the reader polls the warehouse.
     pub poll: Duration,
+    /// Names the run's work directory (`end-to-end-<backend><tag>`), so runs do not share one.
+    pub tag: String,
+    /// Stop writing as soon as this share of the lines is certain to be later than this
+    /// many seconds (the rate search's "p99 under 5 s" fails then, whatever comes next):
+    /// `(0.01, 5.0)`. `None`: write every line.
+    pub stop_when_late: Option<(f64, f64)>,
 }
 
 /// Lines are written this often, each time all the lines due by then.
@@ -57,7 +65,7 @@ pub fn end_to_end(
     } else {
         "sqlite"
     };
-    let work = dir.join(format!("end-to-end-{backend}"));
+    let work = dir.join(format!("end-to-end-{backend}{}", options.tag));
     std::fs::create_dir_all(work.join("logs"))?;
     // A warm-up line goes all the way through before the measured lines start, so they do
     // not wait for the daemons to start or the file to be discovered.
@@ -80,21 +88,49 @@ pub fn end_to_end(
     reader.last_load.set(reader.newest_load()?);
 
     let lines = (options.rate * options.seconds).round().max(1.0) as u64;
+    let stop = Arc::new(AtomicBool::new(false));
+    let progress = Arc::new(AtomicU64::new(0));
     let mut writer = Some({
         let (log, rate) = (log.clone(), options.rate);
-        std::thread::spawn(move || write_lines(&log, lines, rate))
+        let (stop, progress) = (stop.clone(), progress.clone());
+        std::thread::spawn(move || write_lines(&log, lines, rate, &stop, &progress))
     });
+    // (when, lines written by then), to know which lines are older than `stop_when_late`.
+    let mut progress_log = std::collections::VecDeque::new();
+    let (mut stopped_early, mut overdue) = (None, 0u64);
     let started = Instant::now();
     let mut seen = Vec::with_capacity(lines as usize);
     let (mut agent_usage, mut collector_usage) = (Usage::default(), Usage::default());
     let mut poll_max = Duration::ZERO;
     let (mut written, mut drain_deadline) = (None, None);
-    while written.is_none() || (seen.len() as u64) < lines {
+    // Until every line written (all of them, or those before an early stop) is visible.
+    while written
+        .as_ref()
+        .is_none_or(|w: &HashMap<String, i64>| seen.len() < w.len())
+    {
         let polled = Instant::now();
         reader.poll(&mut seen)?;
         poll_max = poll_max.max(polled.elapsed());
         agent_usage = agent.usage().unwrap_or(agent_usage);
         collector_usage = collector.usage().unwrap_or(collector_usage);
+        if let Some((share, late)) = options.stop_when_late
+            && stopped_early.is_none()
+            && writer.is_some()
+        {
+            // Lines written more than `late` seconds ago and not yet visible will all be
+            // later than that.
+            progress_log.push_back((Instant::now(), progress.load(Ordering::Relaxed)));
+            while let Some(&(at, n)) = progress_log.front()
+                && at.elapsed().as_secs_f64() > late
+            {
+                overdue = n;
+                progress_log.pop_front();
+            }
+            if overdue as f64 - seen.len() as f64 > share * lines as f64 {
+                stop.store(true, Ordering::Relaxed);
+                stopped_early = Some(started.elapsed().as_secs_f64());
+            }
+        }
         if let Some(done) = writer.take_if(|w| w.is_finished()) {
             let lines = done
                 .join()
@@ -104,8 +140,9 @@ pub fn end_to_end(
         }
         if drain_deadline.is_some_and(|d| Instant::now() > d) {
             bail!(
-                "only {} of {lines} rows visible {DRAIN_TIMEOUT:?} after the last write\n{}\n{}",
+                "only {} of {} rows visible {DRAIN_TIMEOUT:?} after the last write\n{}\n{}",
                 seen.len(),
+                written.as_ref().map_or(lines, |w| w.len() as u64),
                 collector.log_tail(20),
                 agent.log_tail(20)
             );
@@ -116,7 +153,7 @@ pub fn end_to_end(
     let wall = started.elapsed().as_secs_f64();
     agent.terminate(Duration::from_secs(60))?;
     collector.terminate(Duration::from_secs(60))?;
-    summarize(
+    let mut summary = summarize(
         backend,
         options,
         &written,
@@ -124,7 +161,9 @@ pub fn end_to_end(
         wall,
         poll_max,
         (agent_usage, collector_usage),
-    )
+    )?;
+    summary["stopped_early_after_seconds"] = json!(stopped_early);
+    Ok(summary)
 }
 
 /// Writes the configs and starts collector and agent (defaults, but for addresses and the
@@ -180,14 +219,21 @@ fn unix_us(at: SystemTime) -> i64 {
 
 /// Writes `lines` toll lines at `rate` into `path`, stamped with the wall clock; returns
 /// each line's transaction id and the time (µs since the epoch) its `write` returned.
-fn write_lines(path: &Path, lines: u64, rate: f64) -> anyhow::Result<HashMap<String, i64>> {
+/// Stops early when `stop` is set; keeps `progress` at the lines written so far.
+fn write_lines(
+    path: &Path,
+    lines: u64,
+    rate: f64,
+    stop: &AtomicBool,
+    progress: &AtomicU64,
+) -> anyhow::Result<HashMap<String, i64>> {
     let mut sim = Simulator::new(&SimConfig::default(), Mode::Count { lines })?;
     let mut file = std::fs::OpenOptions::new().append(true).open(path)?;
     let mut written = HashMap::with_capacity(lines as usize);
     let (mut chunk, mut line, mut ids) = (Vec::new(), Vec::new(), Vec::new());
     let started = Instant::now();
     let mut done = 0u64;
-    while done < lines {
+    while done < lines && !stop.load(Ordering::Relaxed) {
         let due = ((started.elapsed().as_secs_f64() * rate) as u64 + 1).min(lines);
         let now = Timestamp::try_from(SystemTime::now())?;
         while done < due {
@@ -207,6 +253,7 @@ fn write_lines(path: &Path, lines: u64, rate: f64) -> anyhow::Result<HashMap<Str
             file.write_all(&chunk)?;
             let at = unix_us(SystemTime::now());
             written.extend(ids.drain(..).map(|id| (id, at)));
+            progress.store(done, Ordering::Relaxed);
             chunk.clear();
         }
         // Sleep to the next tick, not for a fixed time, so the rate stays steady.
@@ -321,7 +368,7 @@ impl Reader {
 }
 
 /// The value at quantile `q` of sorted `values`.
-fn quantile(sorted: &[f64], q: f64) -> f64 {
+pub fn quantile(sorted: &[f64], q: f64) -> f64 {
     if sorted.is_empty() {
         return f64::NAN;
     }
@@ -333,6 +380,21 @@ fn seconds_sorted(values: impl Iterator<Item = i64>) -> Vec<f64> {
     let mut v: Vec<f64> = values.map(|us| us as f64 / 1e6).collect();
     v.sort_by(f64::total_cmp);
     v
+}
+
+/// The slope of freshness over write time (least squares over `(write µs, row)` pairs).
+fn growth(matched: &[(i64, &Seen)]) -> f64 {
+    let Some(first) = matched.iter().map(|(w, _)| *w).min() else {
+        return f64::NAN;
+    };
+    let n = matched.len() as f64;
+    let points = matched
+        .iter()
+        .map(|(w, r)| ((w - first) as f64 / 1e6, (r.visible_us - w) as f64 / 1e6));
+    let (sx, sy, sxx, sxy) = points.fold((0.0, 0.0, 0.0, 0.0), |(sx, sy, sxx, sxy), (x, y)| {
+        (sx + x, sy + y, sxx + x * x, sxy + x * y)
+    });
+    (n * sxy - sx * sy) / (n * sxx - sx * sx)
 }
 
 /// The run's figures as JSON; `usage` is the agent's and the collector's.
@@ -360,6 +422,7 @@ fn summarize(
         );
     }
     let freshness = seconds_sorted(matched.iter().map(|(w, r)| r.visible_us - w));
+    let growth = growth(&matched);
     let to_received = seconds_sorted(matched.iter().map(|(w, r)| r.received_us - w));
     let to_visible = seconds_sorted(matched.iter().map(|(_, r)| r.visible_us - r.received_us));
     let first_write = written.values().min().copied().unwrap_or(0);
@@ -388,6 +451,9 @@ fn summarize(
         "rows_per_sec": (lines - first_poll_rows) / ((last_visible - first_visible).max(1) as f64 / 1e6),
         "seconds": wall,
         "freshness_seconds": stats(&freshness),
+        // Seconds of freshness gained per second of writing (least squares): ~0 while the
+        // pipeline keeps up, the share of the rate it falls behind by when it does not.
+        "freshness_growth": growth,
         "write_to_received_seconds": stats(&to_received),
         "received_to_visible_seconds": stats(&to_visible),
         "poll_interval_ms": options.poll.as_secs_f64() * 1e3,

@@ -16,14 +16,24 @@
 //!   SigV4-signed, to the collector's Firehose API (compare: `ingest --batch-records 500`).
 //! * `end-to-end` — toll lines written at a steady rate (5,000/s) into a watched file →
 //!   agent → collector (default configuration) → SQLite, then PostgreSQL (skipped with a
-//!   message when no server can be had): per line, write → row visible, p50/p99/max.
+//!   message when no server can be had): per line, write → row visible, p50/p99/max; then
+//!   the highest rate whose freshness p99 stays under 5 s, on each backend (`max_rate`).
+//! * `many-files` — 1,000 files, 1 % of them written to: the agent's CPU and RSS, idle and
+//!   active.
+//! * `peers` — syslog-ng and rsyslog, when installed, tail the same file into the same sink,
+//!   side by side with the agent (runs `agent-throughput` too when run alone).
 //!
 //! ```text
 //! cargo build --release --workspace --bins
 //! target/release/tollbench all [--lines 5000000] [--quick] [--smoke] [--json FILE]
 //! target/release/tollbench ingest [--agents 1,10,100] [--batch-records 1000] [--in-flight 1]
 //! target/release/tollbench end-to-end [--rate 5000] [--seconds 60] [--poll-ms 25]
+//!                                     [--search-start 10000] [--step-seconds 20]
+//! target/release/tollbench many-files [--phase-seconds 60]
+//! TOLLBENCH_RSYSLOG_ROOT=DIR TOLLBENCH_SYSLOG_NG_ROOT=DIR target/release/tollbench peers
 //! ```
+//!
+//! The figures of this machine, and how to read them, are in BENCHMARKS.md.
 //!
 //! One module per scenario. Wall-clock time is what a benchmark measures, so these files read
 //! the real clock.
@@ -34,6 +44,9 @@ mod catch_up;
 mod end_to_end;
 mod firehose;
 mod ingest;
+mod many_files;
+mod max_rate;
+mod peers;
 mod references;
 
 use std::path::{Path, PathBuf};
@@ -81,10 +94,23 @@ struct Args {
     /// `end-to-end`: lines written per second.
     #[arg(long, default_value_t = 5000.0)]
     rate: f64,
-    /// `end-to-end`: seconds of writing per backend (default 60; 25 with --quick, 4 with
+    /// `end-to-end`: seconds of writing per backend (default 60; 15 with --quick, 4 with
     /// --smoke).
     #[arg(long)]
     seconds: Option<f64>,
+    /// `end-to-end`: the first rate of the search for the highest rate with freshness p99
+    /// under 5 s (doubling until a step fails, then bisecting; default 10,000; 20,000 with
+    /// --quick).
+    #[arg(long)]
+    search_start: Option<f64>,
+    /// `end-to-end`: seconds of writing per search step (default 20; 6 with --quick, 2
+    /// with --smoke).
+    #[arg(long)]
+    step_seconds: Option<f64>,
+    /// `many-files`: seconds of each phase, idle and active (default 60; 8 with --quick, 1
+    /// with --smoke).
+    #[arg(long)]
+    phase_seconds: Option<f64>,
     /// `end-to-end`: how often the reader polls the warehouse, in milliseconds.
     #[arg(long, default_value_t = 25, value_parser = clap::value_parser!(u64).range(1..=1000))]
     poll_ms: u64,
@@ -103,6 +129,8 @@ enum Scenario {
     Ingest,
     EndToEnd,
     Firehose,
+    ManyFiles,
+    Peers,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -132,7 +160,12 @@ fn main() -> anyhow::Result<()> {
     );
     let mut results = Vec::new();
     let all = args.scenario == Scenario::All;
-    if all || args.scenario == Scenario::References || args.scenario == Scenario::AgentThroughput {
+    let peers = all || args.scenario == Scenario::Peers;
+    if all
+        || peers
+        || args.scenario == Scenario::References
+        || args.scenario == Scenario::AgentThroughput
+    {
         prewrite(&one, lines)?;
     }
     if all || args.scenario == Scenario::References {
@@ -151,9 +184,26 @@ fn main() -> anyhow::Result<()> {
             lines,
         )?);
     }
-    if all || args.scenario == Scenario::AgentThroughput {
+    if all || peers || args.scenario == Scenario::AgentThroughput {
         results.push(agent_throughput(dir.path(), &one[0], lines, 2)?);
         results.push(agent_throughput(dir.path(), &one[0], lines, 0)?);
+    }
+    if peers {
+        results.extend(peers::peers(dir.path(), &one[0], lines));
+    }
+    if all || args.scenario == Scenario::ManyFiles {
+        let phase = args.phase_seconds.unwrap_or(if args.smoke {
+            1.0
+        } else if args.quick {
+            8.0
+        } else {
+            60.0
+        });
+        anyhow::ensure!(phase > 0.0, "--phase-seconds must be > 0");
+        results.push(many_files::many_files(
+            dir.path(),
+            std::time::Duration::from_secs_f64(phase),
+        )?);
     }
     if all || args.scenario == Scenario::CatchUp || args.scenario == Scenario::CatchUpPostgres {
         prewrite(&three, lines)?;
@@ -193,19 +243,51 @@ fn main() -> anyhow::Result<()> {
             seconds: args.seconds.unwrap_or(if args.smoke {
                 4.0
             } else if args.quick {
-                25.0
+                15.0
             } else {
                 60.0
             }),
             poll: std::time::Duration::from_millis(args.poll_ms),
+            tag: String::new(),
+            stop_when_late: None,
+        };
+        let search = max_rate::Search {
+            start: if args.smoke {
+                1000.0
+            } else {
+                args.search_start
+                    .unwrap_or(if args.quick { 20_000.0 } else { 10_000.0 })
+            },
+            step: std::time::Duration::from_secs_f64(args.step_seconds.unwrap_or(if args.smoke {
+                2.0
+            } else if args.quick {
+                6.0
+            } else {
+                20.0
+            })),
+            bisections: if args.smoke {
+                0
+            } else if args.quick {
+                2
+            } else {
+                4
+            },
+            // One step in a smoke run.
+            ceiling: if args.smoke { 1000.0 } else { 1e7 },
+            granularity: if args.smoke { 500.0 } else { 1000.0 },
+            poll: options.poll,
         };
         anyhow::ensure!(
             options.rate > 0.0 && options.seconds > 0.0,
             "--rate and --seconds must be > 0"
         );
         results.push(end_to_end(dir.path(), &options, None)?);
+        results.push(max_rate::max_rate(dir.path(), &search, None)?);
         match TestPostgres::start() {
-            Ok(postgres) => results.push(end_to_end(dir.path(), &options, Some(&postgres))?),
+            Ok(postgres) => {
+                results.push(end_to_end(dir.path(), &options, Some(&postgres))?);
+                results.push(max_rate::max_rate(dir.path(), &search, Some(&postgres))?);
+            }
             Err(error) => eprintln!("end-to-end on PostgreSQL skipped: {error:#}"),
         }
     }
@@ -213,6 +295,9 @@ fn main() -> anyhow::Result<()> {
     ingest::print_table(&results);
     firehose::print_table(&results);
     end_to_end::print_table(&results);
+    max_rate::print_table(&results);
+    many_files::print_table(&results);
+    peers::print_table(&results);
     let report = json!({ "lines": lines, "smoke": args.smoke, "results": results });
     std::fs::write(&args.json, serde_json::to_string_pretty(&report)?)
         .with_context(|| format!("writing {}", args.json.display()))?;
@@ -253,7 +338,9 @@ fn print_table(results: &[Value]) {
         "\n{:<40} {:>12} {:>9} {:>12} {:>11}",
         "run", "lines/s", "MB/s", "CPU µs/line", "peak RSS"
     );
-    for r in results {
+    // Runs of a single throughput figure (many-files, the rate search and skipped peers have
+    // tables of their own).
+    for r in results.iter().filter(|r| r.get("lines_per_sec").is_some()) {
         let num = |k: &str| r.get(k).and_then(Value::as_f64);
         let cpu = num("cpu_us_per_line").map_or("-".into(), |v| format!("{v:.2}"));
         let rss = num("peak_rss_mb").map_or("-".into(), |v| format!("{v:.0} MB"));
