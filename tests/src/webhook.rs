@@ -27,6 +27,8 @@ pub struct Delivery {
     pub document: serde_json::Value,
     /// The status the receiver answered.
     pub status: u16,
+    /// When it arrived (µs since the Unix epoch, system clock).
+    pub received_us: i64,
 }
 
 /// What was received.
@@ -133,6 +135,9 @@ fn handle(
         body: body.to_vec(),
         document: serde_json::from_slice(body).unwrap_or(serde_json::Value::Null),
         status: status.as_u16(),
+        received_us: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX)),
     });
     drop(received);
     (status, "").into_response()

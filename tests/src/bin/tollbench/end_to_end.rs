@@ -12,6 +12,12 @@
 //! The row's `received_at` (the collector's ack time) splits each figure in two: write →
 //! received (agent: notice, batch, ship, WAL fsync) and received → visible (collector:
 //! buffer, archive, load).
+//!
+//! With `alerts`, the collector also runs the shipped `billing-limit` rule with a limit of
+//! 0.00 for one customer in ten (imported with `limits import` before it starts), so each of
+//! them crosses the limit at their first charge, spread over the run; a webhook receiver in
+//! the harness notes when each alert arrives. Alert latency is the time from the crossing
+//! charge's `write` to the webhook request.
 
 use std::collections::HashMap;
 use std::io::Write as _;
@@ -41,13 +47,18 @@ pub struct Options {
     /// many seconds (the rate search's "p99 under 5 s" fails then, whatever comes next):
     /// `(0.01, 5.0)`. `None`: write every line.
     pub stop_when_late: Option<(f64, f64)>,
+    /// Run the billing rule and measure alert latency.
+    pub alerts: bool,
 }
+
+/// Customers `C0000001` to this get a limit of 0.00 in the alert runs.
+const LIMITED_CUSTOMERS: u32 = 2_000;
 
 /// Lines are written this often, each time all the lines due by then.
 const WRITE_TICK: Duration = Duration::from_millis(10);
 /// Not one of the simulator's transaction ids, so the reader's match leaves it out.
 const WARM_UP_LINE: &str = "2026-11-25T14:03:27.512-03:00,00000000-0000-4000-8000-000000000000,\
-                            PLZ-001,1,C0000001,TX-0000001,1,12.50\n";
+                            PLZ-001,1,C9999999,TX-0000001,1,12.50\n";
 /// How long the last rows may take to show up after the writing stops.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(180);
 
@@ -71,7 +82,13 @@ pub fn end_to_end(
     // not wait for the daemons to start or the file to be discovered.
     let log = work.join("logs/booths.log");
     std::fs::write(&log, WARM_UP_LINE)?;
-    let (mut collector, mut agent) = start_daemons(&work, postgres)?;
+    let receiver = if options.alerts {
+        Some(tollstream_tests::webhook::Receiver::start(0)?)
+    } else {
+        None
+    };
+    let (mut collector, mut agent) =
+        start_daemons(&work, postgres, receiver.as_ref().map(|r| r.url()))?;
     let reader = Reader::open(&work, postgres)?;
     wait_for(
         "the warm-up line in the warehouse",
@@ -103,6 +120,7 @@ pub fn end_to_end(
     let (mut agent_usage, mut collector_usage) = (Usage::default(), Usage::default());
     let mut poll_max = Duration::ZERO;
     let (mut written, mut drain_deadline) = (None, None);
+    let mut crossings = HashMap::new();
     // Until every line written (all of them, or those before an early stop) is visible.
     while written
         .as_ref()
@@ -132,10 +150,11 @@ pub fn end_to_end(
             }
         }
         if let Some(done) = writer.take_if(|w| w.is_finished()) {
-            let lines = done
+            let (lines, charges) = done
                 .join()
                 .map_err(|_| anyhow::anyhow!("the writer thread panicked"))??;
             written = Some(lines);
+            crossings = charges;
             drain_deadline = Some(Instant::now() + DRAIN_TIMEOUT);
         }
         if drain_deadline.is_some_and(|d| Instant::now() > d) {
@@ -151,6 +170,10 @@ pub fn end_to_end(
     }
     let written = written.unwrap_or_default();
     let wall = started.elapsed().as_secs_f64();
+    let alert_latency = match &receiver {
+        Some(receiver) => Some(alert_latency(receiver, &crossings)?),
+        None => None,
+    };
     agent.terminate(Duration::from_secs(60))?;
     collector.terminate(Duration::from_secs(60))?;
     let mut summary = summarize(
@@ -163,12 +186,51 @@ pub fn end_to_end(
         (agent_usage, collector_usage),
     )?;
     summary["stopped_early_after_seconds"] = json!(stopped_early);
+    summary["alert_latency_seconds"] = json!(alert_latency);
     Ok(summary)
+}
+
+/// Waits for the alerts of every limited customer who was charged, then: charge written →
+/// webhook request, p50/p99/max.
+fn alert_latency(
+    receiver: &tollstream_tests::webhook::Receiver,
+    crossings: &HashMap<(String, i64), i64>,
+) -> anyhow::Result<Value> {
+    let customers: std::collections::HashSet<&String> = crossings.keys().map(|(c, _)| c).collect();
+    wait_for(
+        "every limited customer's alert",
+        Duration::from_secs(60),
+        || receiver.accepted().len() >= customers.len(),
+    )?;
+    let mut latencies = Vec::new();
+    for delivery in receiver.accepted() {
+        let doc = &delivery.document;
+        let key = doc["key"].as_str().unwrap_or_default().to_owned();
+        let event: Timestamp = doc["event_time"]
+            .as_str()
+            .context("an alert without event_time")?
+            .parse()?;
+        let written = crossings
+            .get(&(key.clone(), event.as_millisecond()))
+            .with_context(|| format!("alert for {key} at {event}: no such charge was written"))?;
+        latencies.push(delivery.received_us - written);
+    }
+    let sorted = seconds_sorted(latencies.into_iter());
+    Ok(json!({
+        "alerts": sorted.len(),
+        "p50": quantile(&sorted, 0.5),
+        "p99": quantile(&sorted, 0.99),
+        "max": quantile(&sorted, 1.0),
+    }))
 }
 
 /// Writes the configs and starts collector and agent (defaults, but for addresses and the
 /// watched path).
-fn start_daemons(work: &Path, postgres: Option<&TestPostgres>) -> anyhow::Result<(Daemon, Daemon)> {
+fn start_daemons(
+    work: &Path,
+    postgres: Option<&TestPostgres>,
+    webhook: Option<String>,
+) -> anyhow::Result<(Daemon, Daemon)> {
     let port = free_port()?;
     let token = tollstream_tests::harness::TOKEN;
     std::fs::write(work.join("agent-tokens"), format!("{token}\n"))?;
@@ -179,9 +241,30 @@ fn start_daemons(work: &Path, postgres: Option<&TestPostgres>) -> anyhow::Result
         &collector_config,
         format!(
             "listen: 127.0.0.1:{port}\ndata_dir: collector-data\n\
-             auth: {{ agent_tokens_file: agent-tokens }}\nwarehouse: {{ url: {url:?} }}\n"
+             auth: {{ agent_tokens_file: agent-tokens }}\nwarehouse: {{ url: {url:?} }}\n{}",
+            webhook.as_ref().map_or(String::new(), |url| format!(
+                "rules:\n  - {{ name: billing-limit, key: customer_id, period: month, aggregate: sum, \
+                 column: amount, threshold: limits, when: above }}\n\
+                 notify: {{ webhook: {{ url: {url:?} }} }}\n"
+            ))
         ),
     )?;
+    if webhook.is_some() {
+        let csv = work.join("limits.csv");
+        let mut text = String::from("customer_id,monthly_limit\n");
+        for n in 1..=LIMITED_CUSTOMERS {
+            text.push_str(&format!("{},0.00\n", tollstream_tests::sim::customer_id(n)));
+        }
+        std::fs::write(&csv, text)?;
+        let status = std::process::Command::new(binary("tollstream-collector")?)
+            .arg("--config")
+            .arg(&collector_config)
+            .args(["limits", "import"])
+            .arg(&csv)
+            .stdout(std::process::Stdio::null())
+            .status()?;
+        anyhow::ensure!(status.success(), "limits import failed: {status}");
+    }
     let agent_config = work.join("agent.yaml");
     std::fs::write(
         &agent_config,
@@ -217,20 +300,27 @@ fn unix_us(at: SystemTime) -> i64 {
         .map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
 }
 
+/// What a writer wrote: per transaction id, and per (limited customer, event time in ms),
+/// the time (µs since the epoch) its `write` returned.
+type Written = (HashMap<String, i64>, HashMap<(String, i64), i64>);
+
 /// Writes `lines` toll lines at `rate` into `path`, stamped with the wall clock; returns
-/// each line's transaction id and the time (µs since the epoch) its `write` returned.
-/// Stops early when `stop` is set; keeps `progress` at the lines written so far.
+/// when each line's (and each limited customer's charge's) `write` returned. Stops early
+/// when `stop` is set; keeps `progress` at the lines written so far.
 fn write_lines(
     path: &Path,
     lines: u64,
     rate: f64,
     stop: &AtomicBool,
     progress: &AtomicU64,
-) -> anyhow::Result<HashMap<String, i64>> {
+) -> anyhow::Result<Written> {
     let mut sim = Simulator::new(&SimConfig::default(), Mode::Count { lines })?;
     let mut file = std::fs::OpenOptions::new().append(true).open(path)?;
     let mut written = HashMap::with_capacity(lines as usize);
-    let (mut chunk, mut line, mut ids) = (Vec::new(), Vec::new(), Vec::new());
+    let mut charges = HashMap::new();
+    let mut charged = std::collections::HashSet::new();
+    let (mut chunk, mut line, mut ids, mut limited) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let started = Instant::now();
     let mut done = 0u64;
     while done < lines && !stop.load(Ordering::Relaxed) {
@@ -246,6 +336,15 @@ fn write_lines(
                 .nth(1)
                 .context("a generated line without a transaction id")?;
             ids.push(String::from_utf8_lossy(id).to_ascii_lowercase());
+            if let Some(customer) = line.split(|&b| b == b',').nth(4)
+                && let Ok(text) = std::str::from_utf8(customer)
+                && text
+                    .strip_prefix('C')
+                    .and_then(|n| n.parse::<u32>().ok())
+                    .is_some_and(|n| (1..=LIMITED_CUSTOMERS).contains(&n))
+            {
+                limited.push((text.to_owned(), now.as_millisecond()));
+            }
             chunk.extend_from_slice(&line);
             done += 1;
         }
@@ -253,6 +352,12 @@ fn write_lines(
             file.write_all(&chunk)?;
             let at = unix_us(SystemTime::now());
             written.extend(ids.drain(..).map(|id| (id, at)));
+            // The first charge of a limited customer is the crossing one.
+            for key in limited.drain(..) {
+                if charged.insert(key.0.clone()) {
+                    charges.insert(key, at);
+                }
+            }
             progress.store(done, Ordering::Relaxed);
             chunk.clear();
         }
@@ -261,7 +366,7 @@ fn write_lines(
         let next = tick * ((started.elapsed().as_secs_f64() / tick).floor() + 1.0);
         std::thread::sleep(Duration::from_secs_f64(next).saturating_sub(started.elapsed()));
     }
-    Ok(written)
+    Ok((written, charges))
 }
 
 /// A row seen by the reader: transaction id, when the collector received it and when the
@@ -474,7 +579,7 @@ pub fn print_table(results: &[Value]) {
         return;
     }
     println!(
-        "\n{:<40} {:>9} {:>8} {:>8} {:>8} {:>8} {:>10} {:>10} {:>9}",
+        "\n{:<40} {:>9} {:>8} {:>8} {:>8} {:>8} {:>10} {:>10} {:>9} {:>20}",
         "end-to-end freshness (write → row visible)",
         "lines/s",
         "rows/s",
@@ -483,13 +588,25 @@ pub fn print_table(results: &[Value]) {
         "max",
         "→recv p50",
         "recv→ p50",
-        "poll"
+        "poll",
+        "alert p50 / p99 (n)"
     );
     for r in runs {
         let num = |k: &str| r.get(k).and_then(Value::as_f64).unwrap_or(f64::NAN);
         let q = |k: &str, q: &str| r[k][q].as_f64().unwrap_or(f64::NAN);
+        let alerts = &r["alert_latency_seconds"];
+        let alert = if alerts.is_null() {
+            "-".to_owned()
+        } else {
+            format!(
+                "{:.2}s / {:.2}s ({})",
+                alerts["p50"].as_f64().unwrap_or(f64::NAN),
+                alerts["p99"].as_f64().unwrap_or(f64::NAN),
+                alerts["alerts"].as_u64().unwrap_or(0)
+            )
+        };
         println!(
-            "{:<40} {:>9.0} {:>8.0} {:>7.2}s {:>7.2}s {:>7.2}s {:>9.2}s {:>9.2}s {:>5.0} ms",
+            "{:<40} {:>9.0} {:>8.0} {:>7.2}s {:>7.2}s {:>7.2}s {:>9.2}s {:>9.2}s {:>5.0} ms {:>20}",
             r["name"].as_str().unwrap_or("?"),
             num("written_lines_per_sec"),
             num("rows_per_sec"),
@@ -499,6 +616,7 @@ pub fn print_table(results: &[Value]) {
             q("write_to_received_seconds", "p50"),
             q("received_to_visible_seconds", "p50"),
             num("poll_interval_ms"),
+            alert,
         );
     }
 }

@@ -250,6 +250,7 @@ fn main() -> anyhow::Result<()> {
             poll: std::time::Duration::from_millis(args.poll_ms),
             tag: String::new(),
             stop_when_late: None,
+            alerts: true,
         };
         let search = max_rate::Search {
             start: if args.smoke {
