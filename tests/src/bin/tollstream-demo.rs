@@ -2,7 +2,9 @@
 //!
 //! Starts a collector (SQLite warehouse and local archive under one data directory) and an
 //! agent following the toll log files that the simulator writes live, prints progress while
-//! it streams, then a summary queried from the warehouse, and exits.
+//! it streams, then a summary queried from the warehouse, and exits. The collector runs the
+//! shipped `billing-limit` rule; 40 customers get a monthly limit of 30.00 (with the
+//! `limits import` command), and the summary shows the alerts their charges fired.
 //!
 //! ```text
 //! cargo run --release --bin tollstream-demo [-- --seconds 40 --rate 3000]
@@ -67,9 +69,14 @@ fn main() -> anyhow::Result<()> {
             metrics_port: Some(free_port()?),
             buffer_max_bytes: "8MiB",
             buffer_max_age: "1s",
+            extra: "rules:\n  - { name: billing-limit, key: customer_id, period: month, \
+                    aggregate: sum, column: amount, threshold: limits, when: above }\n\
+                    notify: { log: alerts.jsonl }\n"
+                .into(),
             ..CollectorSetup::default()
         },
     )?;
+    import_limits(&dir, &collector_config)?;
     let agent_config = write_agent_config(
         &dir,
         &AgentSetup {
@@ -207,7 +214,68 @@ fn metric(body: &str, name: &str) -> Option<u64> {
         .map(|v| v as u64)
 }
 
+/// Customers with a demo limit.
+const LIMITED: u32 = 40;
+
+/// Gives customers `C0000001`…`C0000040` a monthly limit of 30.00 with `limits import`.
+fn import_limits(dir: &Path, config: &Path) -> anyhow::Result<()> {
+    let csv = dir.join("limits.csv");
+    let mut text = String::from("customer_id,monthly_limit\n");
+    for n in 1..=LIMITED {
+        text.push_str(&format!(
+            "{},30.00\n",
+            tollstream_tests::sim::customer_id(n)
+        ));
+    }
+    std::fs::write(&csv, text)?;
+    let status = Command::new(binary("tollstream-collector")?)
+        .arg("--config")
+        .arg(config)
+        .args(["limits", "import"])
+        .arg(&csv)
+        .stdout(std::process::Stdio::null())
+        .status()?;
+    if !status.success() {
+        bail!(
+            "tollstream-collector limits import {}: {status}",
+            csv.display()
+        );
+    }
+    Ok(())
+}
+
+/// The alerts the collector logged.
+fn print_alerts(dir: &Path) -> anyhow::Result<()> {
+    let log = dir.join("collector-data").join("alerts.jsonl");
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    let alerts: Vec<serde_json::Value> = text
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    println!(
+        "\nAlerts: {} of the {LIMITED} customers with a 30.00 monthly limit went above it (first few):",
+        alerts.len()
+    );
+    for alert in alerts.iter().take(4) {
+        println!(
+            "  {} {}: spent {} this month ({}), limit {}, at the charge of {}",
+            alert["rule"].as_str().unwrap_or("?"),
+            alert["key"].as_str().unwrap_or("?"),
+            alert["value"].as_str().unwrap_or("?"),
+            alert["month"].as_str().unwrap_or("?"),
+            alert["threshold"].as_str().unwrap_or("?"),
+            alert["event_time"].as_str().unwrap_or("?"),
+        );
+    }
+    println!(
+        "  all: {}   (also in the warehouse's alerts table)",
+        log.display()
+    );
+    Ok(())
+}
+
 fn print_summary(dir: &Path) -> anyhow::Result<()> {
+    print_alerts(dir)?;
     let warehouse = WarehouseView::open(&dir.join("collector-data").join("warehouse.db"))?;
     println!("\nPer booth, from the warehouse:");
     println!("{:>8}  {:>8}  {:>14}", "booth", "rows", "amount (BRL)");
