@@ -56,6 +56,7 @@ fn main() -> anyhow::Result<()> {
         Timing {
             lateness: SignedDuration::from_mins(2),
             idle_timeout: SignedDuration::from_mins(1),
+            max_future: SignedDuration::from_hours(24),
         },
         Arc::new(NoThresholds),
         rules,

@@ -215,6 +215,10 @@ fn describe_alerts() {
         "tollstream_collector_alert_late_records_total",
         "Records that arrived after their window (or month) had closed, per rule; not counted in any alert."
     );
+    describe_counter!(
+        "tollstream_collector_alert_future_records_total",
+        "Records dated more than alerts.max_future ahead of the collector's clock, per rule; ignored by the rule."
+    );
     describe_gauge!(
         "tollstream_collector_alert_keys",
         "Keys the rule holds state for (window entries plus monthly totals)."
@@ -231,6 +235,10 @@ fn describe_alerts() {
     describe_counter!(
         "tollstream_collector_alert_checkpoint_errors_total",
         "Alert checkpoints that could not be written (retried) or read (moved aside)."
+    );
+    describe_counter!(
+        "tollstream_collector_alert_wal_errors_total",
+        "WAL reads of the alert engine that failed (retried every second)."
     );
     describe_counter!(
         "tollstream_collector_alert_outbox_errors_total",

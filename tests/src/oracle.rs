@@ -49,6 +49,9 @@ pub struct Oracle {
 
 const HALF_HOUR: SignedDuration = SignedDuration::from_mins(30);
 
+/// The collector's `alerts.allowed_lateness` in the tests.
+pub const LATENESS: SignedDuration = SignedDuration::from_mins(2);
+
 impl Oracle {
     /// A model in `tz` with no thresholds yet.
     pub fn new(tz: TimeZone) -> Self {
@@ -114,14 +117,18 @@ impl Oracle {
             });
         }
         let window = self.window_start(tx.event_time);
-        self.first_window.get_or_insert(window);
+        // Evaluation starts where a record still counts: the lateness behind the first.
+        if self.first_window.is_none() {
+            self.first_window = Some(self.window_start(tx.event_time - LATENESS));
+        }
         *self
             .counts
             .entry((window, tx.booth_id.clone()))
             .or_default() += 1;
     }
 
-    /// Closes every window that ends at or before `watermark`, from the first record's.
+    /// Closes every window that ends at or before `watermark`, from the one the lateness
+    /// before the first record falls in.
     pub fn close_until(&mut self, watermark: Timestamp) {
         let Some(mut start) = self.first_window else {
             return;

@@ -9,7 +9,6 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use jiff::Timestamp;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
@@ -82,7 +81,7 @@ impl Consumer {
         let mut fired = Vec::new();
         loop {
             let durable = *self.durable.borrow_and_update();
-            while let Some(record) = self.reader.next(durable)? {
+            while let Some(record) = self.read(durable, &runtime) {
                 let now = self.clock.now();
                 {
                     let mut engine = self.engine.lock().unwrap_or_else(|p| p.into_inner());
@@ -98,17 +97,19 @@ impl Consumer {
                     dirty = self.position != saved_position;
                 }
             }
-            let watermark_before = self.watermark();
-            {
+            let closed = {
                 let now = self.clock.now();
                 let mut engine = self.engine.lock().unwrap_or_else(|p| p.into_inner());
+                let before = engine.closes;
                 engine.tick(now, &mut fired);
-            }
-            dirty |= self.watermark() != watermark_before;
+                engine.closes != before
+            };
             if !self.deliver(&mut fired, &runtime) {
                 return Ok(());
             }
-            if dirty && self.due(saved_at) {
+            // What an idle close decided (a window or month closed by the wall clock) is
+            // checkpointed at once: a record read after it must be late after a crash too.
+            if closed || (dirty && self.due(saved_at)) {
                 self.checkpoint(&mut saved_position, &mut saved_at, &mut reported);
                 dirty = self.position != saved_position;
             }
@@ -121,7 +122,7 @@ impl Consumer {
             if !open {
                 // The writer stopped: read what it made durable last, then stop.
                 let durable = *self.durable.borrow();
-                while let Some(record) = self.reader.next(durable)? {
+                while let Some(record) = self.read(durable, &runtime) {
                     let now = self.clock.now();
                     self.engine
                         .lock()
@@ -139,11 +140,29 @@ impl Consumer {
         }
     }
 
-    fn watermark(&self) -> Option<Timestamp> {
-        self.engine
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .watermark
+    /// The next durable WAL record. A read error is logged and counted, and the reader
+    /// starts again after the last record folded in, a second later (the engine never stops
+    /// for good: its position holds the WAL's segments).
+    fn read(
+        &mut self,
+        durable: Durable,
+        runtime: &tokio::runtime::Handle,
+    ) -> Option<crate::wal::WalRecord> {
+        match self.reader.next(durable) {
+            Ok(record) => record,
+            Err(e) => {
+                error!(position = self.position, error = %e, "The alert engine cannot read the WAL; retrying in a second.");
+                metrics::counter!("tollstream_collector_alert_wal_errors_total").increment(1);
+                runtime.block_on(async {
+                    tokio::select! {
+                        () = self.stopping.cancelled() => {}
+                        () = tokio::time::sleep(RETRY) => {}
+                    }
+                });
+                self.reader = Reader::new(self.reader.dir(), self.position + 1);
+                None
+            }
+        }
     }
 
     fn due(&self, saved_at: tokio::time::Instant) -> bool {
@@ -220,6 +239,7 @@ impl Consumer {
 struct Reported {
     counts: Counts,
     late: Vec<u64>,
+    future: Vec<u64>,
 }
 
 impl Reported {
@@ -231,10 +251,13 @@ impl Reported {
             .increment(engine.counts.malformed.saturating_sub(self.counts.malformed));
         self.counts = engine.counts;
         self.late.resize(engine.late.len(), 0);
+        self.future.resize(engine.future.len(), 0);
         for (i, state) in engine.rules.iter().enumerate() {
             let rule = state.rule.name.clone();
             metrics::counter!("tollstream_collector_alert_late_records_total", "rule" => rule.clone())
                 .increment(engine.late[i].saturating_sub(self.late[i]));
+            metrics::counter!("tollstream_collector_alert_future_records_total", "rule" => rule.clone())
+                .increment(engine.future[i].saturating_sub(self.future[i]));
             let keys = state.months.len() + state.windows.values().map(|w| w.len()).sum::<usize>();
             metrics::gauge!("tollstream_collector_alert_keys", "rule" => rule.clone())
                 .set(keys as f64);
@@ -242,6 +265,7 @@ impl Reported {
                 .set(state.windows.len() as f64);
         }
         self.late.clone_from(&engine.late);
+        self.future.clone_from(&engine.future);
         if let Some(watermark) = engine.watermark {
             metrics::gauge!("tollstream_collector_alert_watermark_timestamp_seconds", "stream" => stream)
                 .set(watermark.as_millisecond() as f64 / 1000.0);

@@ -153,6 +153,8 @@ pub struct Timing {
     pub lateness: SignedDuration,
     /// Wall-clock silence after which the watermark follows the wall clock.
     pub idle_timeout: SignedDuration,
+    /// Records dated further ahead of the wall clock are ignored (counted as future).
+    pub max_future: SignedDuration,
 }
 
 /// Window aggregates, monthly totals and the watermark of one stream.
@@ -177,6 +179,10 @@ pub struct Engine {
     pub counts: Counts,
     /// Late records per rule (index as `rules`).
     pub late: Vec<u64>,
+    /// Records dated beyond `max_future` per rule (index as `rules`).
+    pub future: Vec<u64>,
+    /// Windows and months closed so far (the consumer checkpoints after an idle close).
+    pub closes: u64,
 }
 
 impl Engine {
@@ -191,6 +197,7 @@ impl Engine {
         now: Timestamp,
     ) -> Self {
         let late = vec![0; rules.len()];
+        let future = vec![0; rules.len()];
         Self {
             stream: stream.to_owned(),
             schema,
@@ -204,6 +211,8 @@ impl Engine {
             record: Vec::new(),
             counts: Counts::default(),
             late,
+            future,
+            closes: 0,
         }
     }
 
@@ -237,15 +246,28 @@ impl Engine {
             self.counts.malformed += 1;
             return;
         }
+        // Every record moves the watermark (filters only decide what a rule counts), so a
+        // filtered rule's silent keys still see their windows close. A record dated further
+        // ahead of the wall clock than `max_future` moves nothing and counts nowhere: one
+        // bad clock must not close weeks of windows at once.
+        let horizon = now
+            .checked_add(self.timing.max_future)
+            .unwrap_or(Timestamp::MAX);
         let mut newest = self.max_event;
+        let watermark = self.watermark;
         for (i, state) in self.rules.iter_mut().enumerate() {
             let rule = &state.rule;
-            if !rule.filter.iter().all(|c| c.holds(&self.record)) {
-                continue;
-            }
             let Some(Value::Timestamp(t)) = self.record.get(rule.time).cloned() else {
                 continue;
             };
+            if t > horizon {
+                self.future[i] += 1;
+                continue;
+            }
+            newest = newest.max(Some(t));
+            if !rule.filter.iter().all(|c| c.holds(&self.record)) {
+                continue;
+            }
             let key = match self.record.get(rule.key) {
                 Some(Value::Text(text)) => text.clone(),
                 Some(Value::Integer(n)) => n.to_string(),
@@ -259,15 +281,20 @@ impl Engine {
                 Some(_) => continue,
                 None => None,
             };
-            newest = newest.max(Some(t));
+            // A rule without state starts where a record still counts: the lateness behind
+            // this record, but not before the stream's watermark.
+            let from = t
+                .checked_sub(self.timing.lateness)
+                .unwrap_or(t)
+                .max(watermark.unwrap_or(Timestamp::MIN));
             let late = match rule.span {
-                Span::Window(len) => fold_window(state, &self.calendar, len, t, key, value),
+                Span::Window(len) => fold_window(state, &self.calendar, len, t, from, key, value),
                 Span::Month => fold_month(
                     state,
                     &self.calendar,
                     self.thresholds.as_ref(),
                     &self.stream,
-                    t,
+                    (t, from),
                     key,
                     value,
                     now,
@@ -302,6 +329,7 @@ impl Engine {
         }
         self.watermark = Some(to);
         for state in &mut self.rules {
+            let (next, open) = (state.next_close, state.open_from);
             match state.rule.span {
                 Span::Window(len) => close_windows(
                     state,
@@ -314,6 +342,9 @@ impl Engine {
                     out,
                 ),
                 Span::Month => close_months(state, &self.calendar, to),
+            }
+            if (next, open) != (state.next_close, state.open_from) {
+                self.closes += 1;
             }
         }
     }
@@ -348,14 +379,16 @@ fn fold_window(
     calendar: &Calendar,
     len: SignedDuration,
     t: Timestamp,
+    from: Timestamp,
     key: String,
     value: Option<i64>,
 ) -> bool {
     let start = calendar.window_start(t, len);
-    match state.next_close {
-        Some(next) if start < next => return true,
-        Some(_) => {}
-        None => state.next_close = Some(start),
+    if state.next_close.is_none() {
+        state.next_close = Some(calendar.window_start(from, len));
+    }
+    if state.next_close.is_some_and(|next| start < next) {
+        return true;
     }
     state
         .windows
@@ -375,17 +408,18 @@ fn fold_month(
     calendar: &Calendar,
     thresholds: &dyn Thresholds,
     stream: &str,
-    t: Timestamp,
+    (t, from): (Timestamp, Timestamp),
     key: String,
     value: Option<i64>,
     now: Timestamp,
     out: &mut Vec<Alert>,
 ) -> bool {
     let month = calendar.month(t);
-    match state.open_from {
-        Some(open) if month < open => return true,
-        Some(_) => {}
-        None => state.open_from = Some(month),
+    if state.open_from.is_none() {
+        state.open_from = Some(calendar.month(from));
+    }
+    if state.open_from.is_some_and(|open| month < open) {
+        return true;
     }
     let rule = &state.rule;
     let threshold = match &rule.threshold {
@@ -434,6 +468,9 @@ fn fold_month(
     false
 }
 
+/// The longest gap of windows closed one by one when the watermark jumps.
+const MAX_CATCH_UP: SignedDuration = SignedDuration::from_hours(7 * 24);
+
 /// Closes, oldest first, every window of a windowed rule whose end is at or before `to`.
 #[allow(clippy::too_many_arguments)]
 fn close_windows(
@@ -457,6 +494,15 @@ fn close_windows(
         }
     };
     let mut start = next;
+    // A gap longer than this (a collector stopped for weeks, a bad first record) is not
+    // evaluated window by window: that would fire for every expected key in every window.
+    if to.duration_since(start) > MAX_CATCH_UP {
+        let resume = calendar.window_start(to - MAX_CATCH_UP, len);
+        tracing::error!(rule = %state.rule.name, from = %start, to = %resume, "The watermark jumped further than the catch-up limit; windows in between are not evaluated.");
+        state.windows.retain(|w, _| *w >= resume);
+        start = resume;
+        state.next_close = Some(start);
+    }
     loop {
         let end = calendar.window_end(start, len);
         if end > to {

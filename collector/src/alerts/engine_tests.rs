@@ -38,6 +38,10 @@ rules:
 ";
 
 fn engine(zone: &str, table: Arc<Table>) -> Engine {
+    engine_with(zone, table, SignedDuration::from_hours(24 * 400))
+}
+
+fn engine_with(zone: &str, table: Arc<Table>, max_future: SignedDuration) -> Engine {
     let text = format!(
         "listen: 127.0.0.1:0\ndata_dir: /tmp/x\ntimezone: {zone}\nauth: {{ agent_tokens_file: /tmp/t }}\n{RULES}"
     );
@@ -50,6 +54,7 @@ fn engine(zone: &str, table: Arc<Table>) -> Engine {
         Timing {
             lateness: SignedDuration::from_mins(2),
             idle_timeout: SignedDuration::from_mins(1),
+            max_future,
         },
         table,
         rules,
@@ -304,4 +309,67 @@ fn a_slot_that_does_not_exist_on_a_dst_day_does_not_fire() {
     );
     // 03:30 and 04:30 have no threshold; only real slots were evaluated.
     assert!(fired.is_empty(), "{fired:?}");
+}
+
+#[test]
+fn a_record_dated_far_ahead_of_the_clock_moves_no_window_and_counts_nowhere() {
+    let table = Arc::new(Table::default());
+    table
+        .reference
+        .lock()
+        .expect("lock")
+        .insert(("PLZ-017".into(), "wed 14:00".into()), 1);
+    let mut e = engine_with("America/Sao_Paulo", table, SignedDuration::from_hours(24));
+    let now = ts("2026-11-25T14:05:00-03:00");
+    let mut out = Vec::new();
+    e.process(
+        line("2026-11-25T14:01:00-03:00", "PLZ-017", "C1", "1.00").as_bytes(),
+        now,
+        &mut out,
+    );
+    // A booth whose clock says 2036: ignored, counted as future.
+    e.process(
+        line("2036-01-01T00:00:00-03:00", "PLZ-017", "C1", "1.00").as_bytes(),
+        now,
+        &mut out,
+    );
+    assert!(out.is_empty(), "{out:?}");
+    assert_eq!(e.future, vec![1, 1]);
+    assert_eq!(e.watermark, Some(ts("2026-11-25T13:59:00-03:00")));
+}
+
+#[test]
+fn records_a_filter_leaves_out_still_move_the_watermark() {
+    let text = "listen: 127.0.0.1:0\ndata_dir: /tmp/x\nauth: { agent_tokens_file: /tmp/t }\nrules:\n  - { name: lane-3, key: booth_id, window: 30m, aggregate: count, threshold: { reference: b.csv }, when: below, filter: [{ column: lane, equals: '3' }] }\n";
+    let config = Config::parse(text, std::path::Path::new("c.yaml")).expect("config");
+    let rules = super::super::rules::compile(&config).expect("rules");
+    let table = Arc::new(Table::default());
+    table
+        .reference
+        .lock()
+        .expect("lock")
+        .insert(("PLZ-017".into(), "wed 14:00".into()), 1);
+    let mut e = Engine::new(
+        "toll-transactions",
+        Arc::new(Schema::toll()),
+        Calendar::named("America/Sao_Paulo").expect("zone"),
+        Timing {
+            lateness: SignedDuration::from_mins(2),
+            idle_timeout: SignedDuration::from_mins(1),
+            max_future: SignedDuration::from_hours(24 * 400),
+        },
+        table,
+        rules,
+        ts("2026-01-01T00:00:00Z"),
+    );
+    // Lane 1 only (`line` writes lane 1): lane 3's sensor is dead.
+    let fired = feed(
+        &mut e,
+        &[
+            line("2026-11-25T14:01:00-03:00", "PLZ-017", "C1", "1.00"),
+            line("2026-11-25T14:40:00-03:00", "PLZ-017", "C1", "1.00"),
+        ],
+    );
+    assert_eq!(fired.len(), 1, "{fired:?}");
+    assert_eq!(fired[0].value, "0");
 }

@@ -119,6 +119,23 @@ pub fn compile(config: &Config) -> Result<Vec<Rule>, String> {
             .map_err(|e| format!("streams.{name}.schema.{e}"))?;
         schemas.insert(name.clone(), schema);
     }
+    let timing = &config.alerts;
+    if timing.allowed_lateness > std::time::Duration::from_secs(7 * 24 * 3600) {
+        return Err(
+            "alerts.allowed_lateness: at most 7d (windows close this long after their end)".into(),
+        );
+    }
+    if timing.idle_timeout < std::time::Duration::from_secs(1) {
+        return Err("alerts.idle_timeout: at least 1s".into());
+    }
+    if timing.checkpoint_interval < std::time::Duration::from_millis(10)
+        || timing.checkpoint_interval > std::time::Duration::from_secs(600)
+    {
+        return Err("alerts.checkpoint_interval: between 10ms and 10m".into());
+    }
+    if timing.max_future < std::time::Duration::from_secs(60) {
+        return Err("alerts.max_future: at least 1m (booth clocks are never exact)".into());
+    }
     let webhooks: BTreeSet<String> = config.notify.all_webhooks().into_keys().collect();
     let mut names = BTreeSet::new();
     let mut rules = Vec::new();
@@ -314,8 +331,10 @@ fn compile_one(
         .enumerate()
         .map(|(i, f)| condition(f, schema).map_err(|e| format!("filter[{i}]: {e}")))
         .collect::<Result<Vec<_>, _>>()?;
+    // What the state means: the threshold and the comparison are read when a window closes
+    // or a record arrives, so changing them keeps windows and monthly totals.
     let fingerprint = format!(
-        "{}|{}|{}|{:?}|{:?}|{}|{:?}|{:?}|{:?}",
+        "{}|{}|{}|{:?}|{:?}|{}|{:?}",
         rule.stream,
         rule.key,
         schema.columns[time].column,
@@ -325,8 +344,6 @@ fn compile_one(
             Span::Window(len) => format!("window {}", len.as_secs()),
             Span::Month => "month".into(),
         },
-        rule.when,
-        rule.threshold,
         rule.filter
             .iter()
             .map(|f| format!("{f:?}"))

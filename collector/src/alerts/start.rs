@@ -65,8 +65,12 @@ pub fn start_stream(
             .unwrap_or(SignedDuration::MAX),
         idle_timeout: SignedDuration::try_from(shared.config.idle_timeout)
             .unwrap_or(SignedDuration::MAX),
+        max_future: SignedDuration::try_from(shared.config.max_future)
+            .unwrap_or(SignedDuration::MAX),
     };
     let names: Vec<String> = rules.iter().map(|r| r.name.clone()).collect();
+    let (engine_schema, engine_timing, engine_rules) =
+        (schema.clone(), timing.clone(), rules.clone());
     let mut engine = Engine::new(
         stream,
         schema,
@@ -94,7 +98,19 @@ pub fn start_stream(
             stream,
             checkpoint = position,
             wal_first = first,
-            "The WAL no longer holds every record after the alert checkpoint (the rules were added after those records were archived, or the checkpoint was reset); the alert engine starts at the oldest record it holds."
+            "The WAL no longer holds every record after the alert checkpoint (the rules were added after those records were archived, or the checkpoint was reset); the alert engine starts afresh at the oldest record it holds."
+        );
+        // The saved windows and totals stop where the WAL's records begin: resuming them
+        // would count the gap as silence. Start afresh.
+        store.reset(stream)?;
+        engine = Engine::new(
+            stream,
+            engine_schema,
+            shared.calendar.clone(),
+            engine_timing,
+            shared.thresholds.clone(),
+            engine_rules,
+            shared.clock.now(),
         );
         position = first - 1;
     }

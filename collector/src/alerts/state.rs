@@ -181,6 +181,7 @@ impl StateStore {
         let Some((position, max_event, watermark)) = row else {
             return Ok(Resume { position: 0 });
         };
+        self.forget_removed_rules(engine)?;
         let ts = |us: Option<i64>| us.and_then(|us| Timestamp::from_microsecond(us).ok());
         engine.max_event = ts(max_event);
         engine.watermark = ts(watermark);
@@ -274,6 +275,56 @@ impl StateStore {
         Ok(Resume {
             position: u64::try_from(position).unwrap_or(0),
         })
+    }
+
+    /// Deletes everything saved for `stream` (its position, windows and its rules' totals).
+    ///
+    /// # Errors
+    /// Database errors.
+    pub fn reset(&self, stream: &str) -> Result<(), StateError> {
+        self.conn
+            .execute(
+                "DELETE FROM monthly WHERE rule IN (SELECT rule FROM rules WHERE stream = ?1)",
+                [stream],
+            )
+            .map_err(self.err("reset monthly totals"))?;
+        self.conn
+            .execute("DELETE FROM rules WHERE stream = ?1", [stream])
+            .map_err(self.err("reset rules"))?;
+        self.conn
+            .execute("DELETE FROM streams WHERE stream = ?1", [stream])
+            .map_err(self.err("reset stream"))?;
+        Ok(())
+    }
+
+    /// Deletes the saved state of rules this stream no longer has, so a rule removed and
+    /// added back later starts afresh instead of resuming from a stale position.
+    fn forget_removed_rules(&self, engine: &Engine) -> Result<(), StateError> {
+        let mut statement = self
+            .conn
+            .prepare("SELECT rule FROM rules WHERE stream = ?1")
+            .map_err(self.err("list saved rules"))?;
+        let saved: Vec<String> = statement
+            .query_map([&engine.stream], |r| r.get(0))
+            .map_err(self.err("list saved rules"))?
+            .collect::<Result<_, _>>()
+            .map_err(self.err("list saved rules"))?;
+        for rule in saved {
+            if engine.rules.iter().any(|s| s.rule.name == rule) {
+                continue;
+            }
+            warn!(stream = %engine.stream, rule = %rule, "Dropping the saved state of a rule that is no longer configured.");
+            self.conn
+                .execute(
+                    "DELETE FROM rules WHERE stream = ?1 AND rule = ?2",
+                    params![engine.stream, rule],
+                )
+                .map_err(self.err("drop a removed rule"))?;
+            self.conn
+                .execute("DELETE FROM monthly WHERE rule = ?1", [&rule])
+                .map_err(self.err("drop a removed rule"))?;
+        }
+        Ok(())
     }
 
     /// Writes `engine`'s state as covering WAL records up to `position`, in one

@@ -228,7 +228,10 @@ async fn put_limit(
     if outcome.changed() {
         info!(customer = %id, monthly_limit = %format_amount(amount, state.limits.scale()), "Customer limit set.");
     }
-    Ok(Json(customer_document(&state, &id)).into_response())
+    let document = tokio::task::spawn_blocking(move || customer_document(&state, &id))
+        .await
+        .map_err(|e| AdminError::internal(format!("reading the customer: {e}")))?;
+    Ok(Json(document).into_response())
 }
 
 /// Reads at most [`MAX_BODY_BYTES`].
@@ -347,7 +350,11 @@ async fn get_customer(
 ) -> Result<Response, AdminError> {
     authorize(&state, &headers)?;
     let id = customer(path)?;
-    Ok(Json(customer_document(&state, &id)).into_response())
+    // The engine's lock may be held through a checkpoint's fsync: not on a runtime thread.
+    let document = tokio::task::spawn_blocking(move || customer_document(&state, &id))
+        .await
+        .map_err(|e| AdminError::internal(format!("reading the customer: {e}")))?;
+    Ok(Json(document).into_response())
 }
 
 /// The customer's limit and month-to-date spend. A customer the collector never heard of

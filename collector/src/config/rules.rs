@@ -244,6 +244,11 @@ pub struct AlertsConfig {
     /// with the WAL position they cover. Default 1s.
     #[serde(with = "duration")]
     pub checkpoint_interval: Duration,
+    /// Records dated further ahead of the collector's clock than this are ignored by the
+    /// rules (counted in `tollstream_collector_alert_future_records_total`), so a booth with
+    /// a wrong clock cannot close weeks of windows. Default 1d.
+    #[serde(with = "duration")]
+    pub max_future: Duration,
 }
 
 impl Default for AlertsConfig {
@@ -252,6 +257,7 @@ impl Default for AlertsConfig {
             allowed_lateness: Duration::from_secs(120),
             idle_timeout: Duration::from_secs(60),
             checkpoint_interval: Duration::from_secs(1),
+            max_future: Duration::from_secs(24 * 3600),
         }
     }
 }

@@ -491,6 +491,26 @@ fn replay_month_end(kill: bool) -> anyhow::Result<()> {
     .expect("answer");
     assert_eq!(status, 200, "{body}");
     assert!(body.contains("month_to_date_spend"), "{body}");
+    // Every limited customer's December total, as the engine holds it, is the model's: no
+    // charge was counted twice or lost, across the kills too.
+    for customer in day.first_limits.keys() {
+        let (status, body) = http_send(
+            ([127, 0, 0, 1], replay.pipeline.collector_port).into(),
+            "GET",
+            &format!("/v1/customers/{customer}"),
+            ADMIN_TOKEN,
+            "",
+        )
+        .expect("answer");
+        assert_eq!(status, 200, "{body}");
+        let doc: serde_json::Value = serde_json::from_str(&body)?;
+        assert_eq!(doc["month"], "2026-12", "{body}");
+        assert_eq!(
+            doc["month_to_date_spend"].as_str(),
+            Some(cents(replay.oracle.total(customer, "2026-12")).as_str()),
+            "{customer}: {body}"
+        );
+    }
     replay.pipeline.stop()?;
     if kill {
         assert_eq!(replay.pipeline.collector.starts(), 4);
