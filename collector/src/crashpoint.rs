@@ -23,6 +23,7 @@
 //! | `load-committed` | the load is committed, the loader not yet told |
 //! | `recovery-wal-scanned` | at start: the WAL is scanned (torn tail cut), the writer not yet started |
 //! | `recovery-catch-up` | at start: the loader is about to load an archive object the manifest lacks |
+//! | `alert-stored` | a fired alert is in the outbox, the checkpoint covering its record not yet written |
 //!
 //! A second hook, `TOLLSTREAM_STALL_AT=<point>:<n>`, makes the code hang for good at the
 //! `n`-th pass instead, to prove that the systemd watchdog stops being fed (see
@@ -46,6 +47,7 @@ pub const POINTS: &[&str] = &[
     "load-committed",
     "recovery-wal-scanned",
     "recovery-catch-up",
+    "alert-stored",
 ];
 
 /// The point armed in this process and how often it was passed.

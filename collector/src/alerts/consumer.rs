@@ -187,6 +187,7 @@ impl Consumer {
                 match self.sink.put(&alert, &webhooks) {
                     Ok(true) => {
                         info!(alert_id = %alert.alert_id, rule = %alert.rule, key = %alert.key, value = %alert.value, threshold = %alert.threshold, "Alert fired.");
+                        crate::crashpoint::hit("alert-stored");
                         break;
                     }
                     Ok(false) => break,

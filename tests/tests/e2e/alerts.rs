@@ -411,8 +411,28 @@ fn replay_month_end(kill: bool) -> anyhow::Result<()> {
         let (a, b) = second.split_at(second.len() / 3);
         replay.write(a)?;
         replay.wait_engine_past(a[a.len() - 1].event_time)?;
-        kill_and_restart(&mut replay)?;
+        // This time the collector dies right after storing its second new alert, before
+        // the checkpoint that covers the record: the restart reads that record again,
+        // computes the same alert, and the outbox refuses it.
+        replay.pipeline.collector.kill()?;
+        replay
+            .pipeline
+            .collector
+            .start_with_env(&[("TOLLSTREAM_CRASH_AT", "alert-stored:2")])?;
+        replay.pipeline.wait_collector_ready()?;
         replay.write(b)?;
+        wait_for("the collector to die at the crash point", WAIT, || {
+            !replay.pipeline.collector.is_running()
+        })?;
+        replay.pipeline.collector.try_exit();
+        replay.pipeline.collector.start()?;
+        replay.pipeline.wait_collector_ready()?;
+        wait_for("the replayed alert refused by id", WAIT, || {
+            replay
+                .pipeline
+                .collector_metric("tollstream_collector_alerts_duplicate_total", "")
+                .is_some_and(|n| n >= 1.0)
+        })?;
     } else {
         replay.write(second)?;
     }
@@ -513,7 +533,7 @@ fn replay_month_end(kill: bool) -> anyhow::Result<()> {
     }
     replay.pipeline.stop()?;
     if kill {
-        assert_eq!(replay.pipeline.collector.starts(), 4);
+        assert_eq!(replay.pipeline.collector.starts(), 5);
     }
     Ok(())
 }
