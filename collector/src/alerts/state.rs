@@ -68,6 +68,26 @@ pub struct StateError {
     source: rusqlite::Error,
 }
 
+/// A checkpoint file written by a newer collector.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "version {found}, written by a newer collector (this one reads version {VERSION}); run the \
+     newer collector, or move the file aside to start the alert engines afresh"
+)]
+struct Newer {
+    found: i64,
+}
+
+impl StateError {
+    /// Whether the file itself is damaged (the only case it is moved aside).
+    fn is_corruption(&self) -> bool {
+        matches!(
+            self.source.sqlite_error_code(),
+            Some(rusqlite::ErrorCode::DatabaseCorrupt | rusqlite::ErrorCode::NotADatabase)
+        )
+    }
+}
+
 /// The checkpoint file.
 pub struct StateStore {
     conn: Connection,
@@ -92,15 +112,16 @@ pub struct Resume {
 struct Fired(Vec<i64>);
 
 impl StateStore {
-    /// Opens (creating) the file. One that cannot be read is moved aside (ERROR) and a
-    /// fresh one started.
+    /// Opens (creating) the file. A corrupt one (not a database, or damaged) is moved aside
+    /// (ERROR) and a fresh one started; any other failure (permissions, a file written by a
+    /// newer collector, a busy disk) is an error, and the file is left as it is.
     ///
     /// # Errors
-    /// The directory is not writable.
+    /// As above.
     pub fn open(path: &Path) -> Result<Self, StateError> {
         match Self::try_open(path) {
             Ok(store) => Ok(store),
-            Err(e) if path.exists() => {
+            Err(e) if path.exists() && e.is_corruption() => {
                 let aside = path.with_extension(format!("db.unreadable-{}", std::process::id()));
                 error!(path = %path.display(), aside = %aside.display(), error = %e, "The alert checkpoint cannot be read; moving it aside and starting the alert engines afresh from the oldest record the WAL holds. Monthly totals count only what the WAL still holds.");
                 metrics::counter!("tollstream_collector_alert_checkpoint_errors_total")
@@ -141,11 +162,11 @@ impl StateStore {
                     .map_err(err("write version"))?;
             }
             Some(VERSION) => {}
-            Some(_) => {
+            Some(found) => {
                 return Err(StateError {
                     path: path.to_path_buf(),
                     action: "check version",
-                    source: rusqlite::Error::InvalidQuery,
+                    source: rusqlite::Error::ToSqlConversionFailure(Box::new(Newer { found })),
                 });
             }
         }
@@ -444,5 +465,32 @@ impl StateStore {
             state.closed_months.clear();
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_corrupt_file_is_moved_aside_and_a_newer_one_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("alerts.db");
+        std::fs::write(&path, b"this is not a database, it was damaged").expect("write");
+        StateStore::open(&path).expect("a fresh store replaces a corrupt file");
+        let aside = std::fs::read_dir(dir.path())
+            .expect("list")
+            .filter_map(Result::ok)
+            .any(|e| e.file_name().to_string_lossy().contains("unreadable"));
+        assert!(aside, "the damaged file is kept aside for inspection");
+        // A file from a newer collector: refused, left in place.
+        let conn = Connection::open(&path).expect("open");
+        conn.execute("UPDATE meta SET version = 99", [])
+            .expect("update");
+        drop(conn);
+        let error = StateStore::open(&path).err().expect("refused");
+        let text = format!("{error:#}");
+        assert!(text.contains("newer collector"), "{text}");
+        assert!(path.exists());
     }
 }
