@@ -122,6 +122,12 @@ fn main() -> ExitCode {
 
 fn serve(config: Config) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
+        // File reads, gzip and checkpoint writes run on blocking threads. Tokio's default
+        // (up to 512) let a first scan of 1,000 files start hundreds of threads, each with
+        // its own stack and malloc arena, memory the process kept: 185-290 MB of RSS
+        // (`tollbench many-files`); with 4 it is 28 MB, reads as fast, and shipping one
+        // file runs at the same rate.
+        .max_blocking_threads(4)
         .enable_all()
         .build()
         .context("starting the async runtime")?;
