@@ -1,9 +1,12 @@
 //! tollstream collector: receives batches of log lines, makes them durable in a
 //! write-ahead log, cuts them into archive objects and loads each object exactly once into
-//! the warehouse.
+//! the warehouse; evaluates alert rules on the same records and delivers each alert once.
 //!
 //! ```text
-//! ingest ─► wal ─► buffer ─► archive ─► warehouse
+//! ingest ─► wal ─┬─► buffer ─► archive ─► warehouse
+//!                └─► alerts ─► notify (outbox ─► webhooks, alert log, alerts table)
+//!                      ▲
+//!        api (limits) ─┘  reference data
 //! ```
 //!
 //! Every stage reads from the one before it and owns its position; see each module's
