@@ -1,8 +1,9 @@
 //! Tailing: one reader per file, from its checkpoint to its end and on as it grows.
 //!
 //! Input: an open file, its identity and the offset to start at. Output: batches of whole
-//! lines to the shipper, one in flight at a time, so the collector sees a file's bytes in
-//! order; after each ack, the checkpoint offset moves to the batch's end.
+//! lines to the shipper, up to `max_in_flight_per_file` of them encoding or in flight at
+//! once; acks are taken oldest first, so the checkpoint offset only ever moves to the end
+//! of an acknowledged prefix of the file.
 //!
 //! A file is known by (inode, CRC-32 of its first line, generation) rather than by path:
 //! a renamed file keeps its identity and its offset, and a new file that reuses an inode
@@ -33,8 +34,12 @@ use crate::config::{BatchConfig, Multiline};
 use crate::multiline::Joiner;
 use crate::ship::{ShipError, ShipRequest};
 
-/// Batches compressed at once over all files.
-static ENCODERS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(4);
+/// Batches compressed at once over all files: one per core (more would only hold more
+/// compressor state and buffers), at most 4.
+static ENCODERS: std::sync::LazyLock<tokio::sync::Semaphore> = std::sync::LazyLock::new(|| {
+    let cores = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+    tokio::sync::Semaphore::new(cores.clamp(1, 4))
+});
 
 /// Bytes of the first line that go into the fingerprint at most.
 const FINGERPRINT_MAX_BYTES: usize = 64 * 1024;
@@ -347,10 +352,8 @@ pub enum TailEnd {
     /// The file shrank below what was read, or was rewritten (its first line changed):
     /// discovery starts it again as a new identity from byte 0.
     Truncated,
-    /// Shutdown was requested.
+    /// Shutdown was requested (or the shipper stopped).
     Shutdown,
-    /// The shipper is gone.
-    ShipperGone,
 }
 
 /// Follows one file.
@@ -415,6 +418,14 @@ struct Sealed {
     gzip: bool,
 }
 
+/// A batch taken from the pending lines, being encoded on a blocking thread while the
+/// tailer reads on: reading and compressing one busy file use two cores.
+struct Sealing {
+    /// Where the checkpoint moves once the batch is acknowledged.
+    done: Ack,
+    encoding: tokio::task::JoinHandle<Sealed>,
+}
+
 impl Tailer {
     /// Follows the file until it is rotated away and drained, truncated, or shutdown.
     ///
@@ -425,8 +436,8 @@ impl Tailer {
         // Sent and not yet acknowledged, oldest first; acks are taken in this order, so the
         // checkpoint only ever covers a prefix of the file.
         let mut in_flight: VecDeque<InFlight> = VecDeque::new();
-        // The next batch, already encoded while the one before it is on the wire.
-        let mut sealed: Option<Sealed> = None;
+        // The next batch, being encoded while the ones before it are on the wire.
+        let mut sealed: Option<Sealing> = None;
         let mut quiet_since = Instant::now();
         let mut gone_since: Option<Instant> = None;
         let mut size = self.start;
@@ -519,20 +530,14 @@ impl Tailer {
             if can_send && (sealed.is_some() || due) {
                 let next = match sealed.take() {
                     Some(next) => next,
-                    None => self.seal(&mut pending).await,
+                    None => self.seal(&mut pending),
                 };
-                // A full queue to the shipper is backpressure, not a stall; the shipper
-                // retries on its own.
-                self.heartbeat.park();
-                match self.send(next).await {
-                    Some(sent) => in_flight.push_back(sent),
-                    None => break TailEnd::ShipperGone,
-                }
+                in_flight.push_back(self.send(next));
                 continue;
             }
             if sealed.is_none() && due {
-                // Compress the next batch while the previous one is being acknowledged.
-                sealed = Some(self.seal(&mut pending).await);
+                // Compress the next batch while the previous ones are being acknowledged.
+                sealed = Some(self.seal(&mut pending));
                 continue;
             }
             if !(eof || blocked || pending.is_full(&self.limits)) {
@@ -612,13 +617,10 @@ impl Tailer {
             let last = if pending.is_empty() {
                 None
             } else {
-                Some(self.seal(&mut pending).await)
+                Some(self.seal(&mut pending))
             };
             for next in [sealed.take(), last].into_iter().flatten() {
-                let Some(sent) = self.send(next).await else {
-                    break;
-                };
-                in_flight.push_back(sent);
+                in_flight.push_back(self.send(next));
                 let ack = wait_ack(&mut in_flight).await;
                 in_flight.pop_front();
                 match ack {
@@ -633,41 +635,54 @@ impl Tailer {
         Ok(end)
     }
 
-    /// Takes the pending lines as a batch and encodes its request body.
-    async fn seal(&self, pending: &mut Pending) -> Sealed {
+    /// Takes the pending lines as a batch and starts encoding its request body.
+    fn seal(&self, pending: &mut Pending) -> Sealing {
         let batch = pending.take(&self.stream, &self.source);
-        let (level, data) = (self.gzip_level, batch.clone());
-        // A few compressions at a time: with many files becoming busy at once, one thread
-        // (and compressor state) per file would cost hundreds of MiB for no speed.
-        let permit = ENCODERS.acquire().await.ok();
-        // A failed encoding task (a panic) leaves the raw lines, sent uncompressed.
-        let body = tokio::task::spawn_blocking(move || data.encode(level))
-            .await
-            .ok();
-        drop(permit);
-        let gzip = body.is_some() && level > 0;
-        let body = body.unwrap_or_else(|| batch.data.clone());
-        Sealed { batch, body, gzip }
-    }
-
-    /// Hands a sealed batch to the shipper; `None` if it has stopped.
-    async fn send(&self, sealed: Sealed) -> Option<InFlight> {
-        let (tail_crc, tail_len) = sealed.batch.check;
+        let (tail_crc, tail_len) = batch.check;
         let done = Ack {
-            offset: sealed.batch.end(),
+            offset: batch.end(),
             size: 0,
             tail_crc,
             tail_len,
         };
+        let level = self.gzip_level;
+        let encoding = tokio::spawn(async move {
+            // A few compressions at a time: with many files becoming busy at once, one
+            // thread (and compressor state) per file would cost hundreds of MiB for no speed.
+            let permit = ENCODERS.acquire().await.ok();
+            let data = batch.clone();
+            // A failed encoding task (a panic) leaves the raw lines, sent uncompressed.
+            let body = tokio::task::spawn_blocking(move || data.encode(level))
+                .await
+                .ok();
+            drop(permit);
+            let gzip = body.is_some() && level > 0;
+            let body = body.unwrap_or_else(|| batch.data.clone());
+            Sealed { batch, body, gzip }
+        });
+        Sealing { done, encoding }
+    }
+
+    /// Hands a batch to the shipper once it is encoded. Batches of one file may reach the
+    /// shipper in any order (the collector puts each range in its place); their acks are
+    /// taken in order. If the shipper has stopped, the ack reports it.
+    fn send(&self, sealing: Sealing) -> InFlight {
         let (ack, answer) = oneshot::channel();
-        let request = ShipRequest {
-            batch: sealed.batch,
-            body: sealed.body,
-            gzip: sealed.gzip,
-            ack,
-        };
-        self.ship.send(request).await.ok()?;
-        Some((answer, done))
+        let ship = self.ship.clone();
+        tokio::spawn(async move {
+            let Ok(sealed) = sealing.encoding.await else {
+                return; // Dropping `ack` fails the batch.
+            };
+            let request = ShipRequest {
+                batch: sealed.batch,
+                body: sealed.body,
+                gzip: sealed.gzip,
+                ack,
+            };
+            // A full queue to the shipper is backpressure; the shipper retries on its own.
+            let _ = ship.send(request).await;
+        });
+        (answer, sealing.done)
     }
 
     async fn read(&self, offset: u64, room: Room) -> std::io::Result<Read> {
