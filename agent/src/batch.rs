@@ -6,8 +6,10 @@
 //! in the log file, where the next start finds it again.
 
 use std::io::Write;
+use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
+use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Instant;
 
 use crate::config::BatchConfig;
@@ -31,6 +33,9 @@ pub struct Batch {
     /// CRC-32 and length of the file's bytes just before `end`: what the checkpoint checks
     /// when reading resumes there.
     pub check: (u32, u32),
+    /// The share of the agent's memory budget these lines hold: given back when the last
+    /// copy of the batch (the shipper's, once acknowledged) is dropped.
+    pub budget: Option<Arc<OwnedSemaphorePermit>>,
 }
 
 impl Batch {
@@ -90,6 +95,8 @@ pub struct Pending {
     closed: bool,
     /// For a cut line: the check of the file's bytes before its end (its data is not them).
     cut_check: Option<(u32, u32)>,
+    /// The memory budget held by the lines pending.
+    budget: Option<OwnedSemaphorePermit>,
 }
 
 impl Pending {
@@ -103,6 +110,15 @@ impl Pending {
             since: None,
             closed: false,
             cut_check: None,
+            budget: None,
+        }
+    }
+
+    /// Keeps `permit` (budget for lines just read) until these lines are sent.
+    pub fn hold(&mut self, permit: OwnedSemaphorePermit) {
+        match &mut self.budget {
+            Some(held) => held.merge(permit),
+            None => self.budget = Some(permit),
         }
     }
 
@@ -173,6 +189,7 @@ impl Pending {
             records: self.records,
             data,
             check,
+            budget: self.budget.take().map(Arc::new),
         };
         self.start = self.end;
         self.records = 0;
@@ -269,6 +286,7 @@ mod tests {
             records: 2,
             data: Bytes::from_static(b"a,b\nc,d\n"),
             check: (0, 0),
+            budget: None,
         };
         let mut out = Vec::new();
         flate2::read::GzDecoder::new(&batch.encode(2)[..])
@@ -288,6 +306,7 @@ mod tests {
             records: 3,
             data: Bytes::from_static(b"a,b\nc\nd,e\n"),
             check: (0, 0),
+            budget: None,
         };
         let (first, second) = batch.split().expect("splits");
         assert_eq!((first.start, first.end, first.records), (10, 14, 1));

@@ -56,6 +56,10 @@ pub struct Config {
     /// deleted) is kept; should its content turn up again later, it is recognised.
     #[serde(default = "default_checkpoint_retention", with = "duration")]
     pub checkpoint_retention: Duration,
+    /// Most bytes of lines read and not yet acknowledged, over all files (at most 4 GiB).
+    /// A file that finds this spent sends what it has and waits; its log file is the buffer.
+    #[serde(default = "default_max_buffered_bytes", with = "size")]
+    pub max_buffered_bytes: u64,
     /// What to watch and where it goes.
     pub flows: Vec<FlowConfig>,
     /// Keys set by environment variables rather than the file: (key path, variable).
@@ -221,6 +225,9 @@ fn default_shutdown_grace() -> Duration {
 fn default_checkpoint_retention() -> Duration {
     Duration::from_secs(7 * 24 * 3600)
 }
+fn default_max_buffered_bytes() -> u64 {
+    32 << 20
+}
 fn default_max_line_bytes() -> u64 {
     1 << 20
 }
@@ -353,6 +360,12 @@ impl Config {
             return Err(invalid(
                 "collector.max_in_flight_per_file must be > 0".into(),
             ));
+        }
+        if !(64 << 10..=4 << 30).contains(&self.max_buffered_bytes) {
+            return Err(invalid(format!(
+                "max_buffered_bytes: {} must be between 64KiB and 4GiB",
+                self.max_buffered_bytes
+            )));
         }
         if self.collector.gzip_level > 9 {
             return Err(invalid("collector.gzip_level must be 0-9".into()));

@@ -40,6 +40,7 @@ pub struct Discoverer {
     config: Arc<Config>,
     checkpoints: SharedCheckpoints,
     ship: mpsc::Sender<ShipRequest>,
+    budget: crate::tail::Budget,
     clock: Arc<dyn Clock>,
     shutdown: CancellationToken,
     /// Followed files: path, source key and the tailer's open file.
@@ -102,10 +103,12 @@ impl Discoverer {
         health: Arc<Health>,
     ) -> Self {
         let matchers = config.flows.iter().map(Matcher::new).collect();
+        let budget = crate::tail::Budget::new(config.max_buffered_bytes);
         Self {
             config,
             checkpoints,
             ship,
+            budget,
             clock,
             shutdown,
             active: HashMap::new(),
@@ -126,6 +129,12 @@ impl Discoverer {
             heartbeats: Arc::default(),
             first_scan: None,
         }
+    }
+
+    /// Its tailers share `budget` (the metrics endpoint reports it) instead of their own.
+    pub fn with_budget(mut self, budget: crate::tail::Budget) -> Self {
+        self.budget = budget;
+        self
     }
 
     /// Registers the discovery loop and the tailers in `heartbeats`, and sends the number of
@@ -744,6 +753,7 @@ impl Discoverer {
             draining,
             wake,
             ship: self.ship.clone(),
+            budget: self.budget.clone(),
             checkpoints: self.checkpoints.clone(),
             clock: self.clock.clone(),
             shutdown: self.shutdown.clone(),

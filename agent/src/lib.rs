@@ -40,6 +40,7 @@ use crate::discover::Discoverer;
 use crate::health::Health;
 use crate::ship::{Shipper, ShipperConfig};
 use crate::systemd::{Heartbeats, WatchdogPlan};
+use crate::tail::Budget;
 
 /// Reads the bearer token: the first non-empty line of the token file.
 ///
@@ -110,12 +111,14 @@ pub async fn run(
             0
         }
     };
+    let budget = Budget::new(config.max_buffered_bytes);
     if let Some(listener) = metrics_listener {
         let health_view = health.clone();
+        let budget = budget.clone();
         let addr = listener.local_addr()?;
         let token = shutdown.clone();
         tokio::spawn(async move {
-            if let Err(error) = axum::serve(listener, metrics::router(metrics, health_view))
+            if let Err(error) = axum::serve(listener, metrics::router(metrics, health_view, budget))
                 .with_graceful_shutdown(token.cancelled_owned())
                 .await
             {
@@ -132,7 +135,8 @@ pub async fn run(
         shutdown.clone(),
         first_run,
         health,
-    );
+    )
+    .with_budget(budget);
     let heartbeats = Arc::new(Heartbeats::default());
     let (first_scan_tx, first_scan) = tokio::sync::oneshot::channel();
     let discoverer = discoverer.supervised(heartbeats.clone(), first_scan_tx);

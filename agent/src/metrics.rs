@@ -152,6 +152,11 @@ fn describe() {
         "Batches split in two because the collector answered 413."
     );
     describe_gauge!(
+        "tollstream_agent_buffered_bytes",
+        Unit::Bytes,
+        "Bytes of lines read and not yet acknowledged, over all files (at most max_buffered_bytes)."
+    );
+    describe_gauge!(
         "tollstream_agent_lag_bytes",
         Unit::Bytes,
         "Bytes of followed files not yet acknowledged by the collector, summed per stream."
@@ -176,12 +181,18 @@ fn describe() {
 }
 
 /// `/metrics`, `/healthz`, `/readyz`.
-pub fn router(handle: PrometheusHandle, health: Arc<Health>) -> Router {
+pub fn router(
+    handle: PrometheusHandle,
+    health: Arc<Health>,
+    budget: crate::tail::Budget,
+) -> Router {
     Router::new()
         .route(
             "/metrics",
             get(move || {
                 let handle = handle.clone();
+                // Read at each scrape: permits come back wherever a batch is dropped.
+                metrics::gauge!("tollstream_agent_buffered_bytes").set(budget.used() as f64);
                 async move {
                     (
                         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],

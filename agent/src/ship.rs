@@ -1,8 +1,9 @@
 //! Shipping: POSTs batches to the collector until each is acknowledged.
 //!
-//! Input: [`ShipRequest`]s from tailers (at most one in flight per file, so a file's
-//! batches arrive in order). Output: an ack per request, sent only after the collector
-//! answered 2xx — which it does only once the batch is durable.
+//! Input: [`ShipRequest`]s from tailers, a file's batches in order (up to
+//! `max_in_flight_per_file` of them at once; the collector puts each byte range in its
+//! place, so a retried batch may land after a later one). Output: an ack per request, sent
+//! only after the collector answered 2xx — which it does only once the batch is durable.
 //!
 //! Never drops a batch. Network errors, timeouts, 408, 429 and 5xx (but 501) are retried
 //! with capped exponential backoff and full jitter, honouring `Retry-After`. A 413 splits
@@ -200,7 +201,8 @@ impl Shipper {
 
     /// Serves requests until every tailer has dropped its sender.
     ///
-    /// Each request gets its own task (there is at most one per file); the semaphore bounds
+    /// Each request gets its own task (the tailers' in-flight limits and memory budget bound
+    /// how many there are); the semaphore bounds
     /// how many are on the wire at once, and is released between attempts, so a file the
     /// collector keeps refusing does not hold up the others.
     pub async fn run(self, mut requests: mpsc::Receiver<ShipRequest>) {
@@ -225,12 +227,18 @@ impl Shipper {
         let started = tokio::time::Instant::now();
         let mut attempt = 0u32;
         loop {
-            let answer = {
+            // Past the shutdown grace period, neither wait for a slot nor for an answer: the
+            // batch stays in the file, and the agent exits before systemd kills it.
+            let attempt_once = async {
                 // The semaphore is never closed, so acquiring only fails if it were.
                 let Ok(_permit) = self.in_flight.acquire().await else {
-                    return Err(ShipError::ShuttingDown);
+                    return None;
                 };
-                self.post(&url, batch, body.clone(), gzip).await
+                Some(self.post(&url, batch, body.clone(), gzip).await)
+            };
+            let answer = tokio::select! {
+                answer = attempt_once => answer.ok_or(ShipError::ShuttingDown)?,
+                () = self.shutdown.cancelled() => return Err(ShipError::ShuttingDown),
             };
             let delay = match answer {
                 Ok((Verdict::Done, _)) => {

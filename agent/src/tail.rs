@@ -22,7 +22,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use tokio::sync::{Notify, mpsc, oneshot};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
@@ -40,6 +40,55 @@ static ENCODERS: std::sync::LazyLock<tokio::sync::Semaphore> = std::sync::LazyLo
     let cores = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
     tokio::sync::Semaphore::new(cores.clamp(1, 4))
 });
+
+/// The agent's memory budget for lines read and not yet acknowledged, shared by all files.
+///
+/// A tailer takes budget for what it reads; the lines carry it through encoding and
+/// shipping, and it comes back when the collector has acknowledged them. A file that finds
+/// the budget spent sends what it has and waits: its log file is the buffer. So memory
+/// stays bounded whatever the number of busy files and however long the collector is away.
+#[derive(Debug, Clone)]
+pub struct Budget {
+    semaphore: Arc<Semaphore>,
+    bytes: u32,
+}
+
+impl Budget {
+    /// A budget of `bytes` (at most 4 GiB).
+    pub fn new(bytes: u64) -> Self {
+        let bytes = u32::try_from(bytes).unwrap_or(u32::MAX).max(1);
+        Self {
+            semaphore: Arc::new(Semaphore::new(bytes as usize)),
+            bytes,
+        }
+    }
+
+    /// Bytes held by lines not yet acknowledged.
+    pub fn used(&self) -> u64 {
+        u64::from(self.bytes).saturating_sub(self.semaphore.available_permits() as u64)
+    }
+
+    /// `want` bytes (at most the whole budget) if they are free now.
+    fn try_take(&self, want: u64) -> Option<OwnedSemaphorePermit> {
+        self.semaphore
+            .clone()
+            .try_acquire_many_owned(self.clamp(want))
+            .ok()
+    }
+
+    /// `want` bytes (at most the whole budget), once they are free.
+    async fn take(&self, want: u64) -> Option<OwnedSemaphorePermit> {
+        self.semaphore
+            .clone()
+            .acquire_many_owned(self.clamp(want))
+            .await
+            .ok()
+    }
+
+    fn clamp(&self, want: u64) -> u32 {
+        u32::try_from(want).unwrap_or(u32::MAX).clamp(1, self.bytes)
+    }
+}
 
 /// Bytes of the first line that go into the fingerprint at most.
 const FINGERPRINT_MAX_BYTES: usize = 64 * 1024;
@@ -397,6 +446,9 @@ pub struct Tailer {
     pub wake: Arc<Notify>,
     /// Where batches go.
     pub ship: mpsc::Sender<ShipRequest>,
+    /// The agent's memory budget for lines read and not yet acknowledged, in bytes, shared
+    /// by all files: a file that finds it spent waits (its log file is the buffer).
+    pub budget: Budget,
     /// Shared offsets.
     pub checkpoints: SharedCheckpoints,
     /// Wall clock for ack times.
@@ -449,6 +501,10 @@ impl Tailer {
         // (size, mtime) when the last read found nothing new, and polls since.
         let mut idle_at: Option<(u64, std::time::SystemTime)> = None;
         let mut idle_polls = 0u32;
+        // Budget granted while waiting for it, for the next read.
+        let mut reserved: Option<OwnedSemaphorePermit> = None;
+        // The previous batch's hand-over to the shipper: batches of a file reach it in order.
+        let mut handed: Option<oneshot::Receiver<()>> = None;
         let mut joiner = self
             .multiline
             .as_ref()
@@ -460,19 +516,36 @@ impl Tailer {
             if self.shutdown.is_cancelled() {
                 break TailEnd::Shutdown;
             }
-            let (mut eof, mut blocked) = (false, false);
+            let (mut eof, mut blocked, mut starved) = (false, false, false);
+            let full = pending.is_full(&self.limits);
             // A file at its end whose size and modification time did not change since is
             // not read again: an idle file costs one fstat per poll.
             let stat = stat_of(&self.file);
-            if !pending.is_full(&self.limits) && stat.is_some() && stat == idle_at {
+            let mut budget = None;
+            let unchanged = stat.is_some() && stat == idle_at;
+            if !(full || unchanged) {
+                let want = pending.room(&self.limits).1;
+                budget = reserved.take().or_else(|| self.budget.try_take(want));
+                starved = budget.is_none();
+            }
+            if full || starved {
+                // Not reading (the batch is full, or the budget is spent): the lag still
+                // grows with the file, and the gauge says so.
+                if let Some((len, _)) = stat.filter(|(len, _)| *len != size) {
+                    size = len;
+                    self.report_lag(size.saturating_sub(acked_to));
+                }
+                // What was read waits no longer for more.
+                blocked = starved && (!pending.is_empty() || held(&joiner) > 0);
+            } else if unchanged {
                 eof = true;
-            } else if !pending.is_full(&self.limits) {
+            } else if let Some(mut permit) = budget {
                 idle_at = None;
                 // Lines of a multiline record still open were read but are not pending.
                 let offset = pending.next_offset() + held(&joiner);
-                let (records, bytes) = pending.room(&self.limits);
+                let (records, _) = pending.room(&self.limits);
                 let room = Room {
-                    bytes,
+                    bytes: permit.num_permits() as u64,
                     records,
                     max_line: self.max_line_bytes,
                     alone: pending.is_empty() && held(&joiner) == 0,
@@ -512,6 +585,12 @@ impl Tailer {
                     } else {
                         pending.push(&read.data, read.lines, read.end, Instant::now());
                     }
+                    // The budget goes with the lines (the rest of the grant back at once;
+                    // a cut line's own read is not counted beyond the grant).
+                    let used = read.data.len().min(permit.num_permits());
+                    if let Some(kept) = permit.split(used) {
+                        pending.hold(kept);
+                    }
                     quiet_since = Instant::now();
                     idle_polls = 0;
                 } else if read.searched_to.is_some() && held(&joiner) > 0 {
@@ -532,7 +611,7 @@ impl Tailer {
                     Some(next) => next,
                     None => self.seal(&mut pending),
                 };
-                in_flight.push_back(self.send(next));
+                in_flight.push_back(self.send(next, &mut handed));
                 continue;
             }
             if sealed.is_none() && due {
@@ -540,7 +619,7 @@ impl Tailer {
                 sealed = Some(self.seal(&mut pending));
                 continue;
             }
-            if !(eof || blocked || pending.is_full(&self.limits)) {
+            if !(eof || blocked || starved || pending.is_full(&self.limits)) {
                 continue; // More to read right away.
             }
             if eof
@@ -568,7 +647,10 @@ impl Tailer {
             // Back after the next poll, batch deadline or multiline flush; waiting only for
             // acks (the collector is slow or away) is not a stall.
             let poll = idle_backoff(self.poll_interval, idle_polls);
-            let poll_at = eof.then(|| Instant::now() + poll);
+            // Not reading for want of room: look at the file's size now and then (lag).
+            let held_up = starved || pending.is_full(&self.limits);
+            let poll_at = (eof || held_up).then(|| Instant::now() + poll);
+            let wait_budget = starved && !blocked;
             match [poll_at, deadline, flush_at].into_iter().flatten().min() {
                 Some(at) => self.heartbeat.park_until(at),
                 None => self.heartbeat.park(),
@@ -590,8 +672,12 @@ impl Tailer {
                     }
                 }
                 () = self.wake.notified(), if eof => idle_polls = 0,
-                () = tokio::time::sleep(poll), if eof => {
+                () = tokio::time::sleep(poll), if eof || held_up => {
                     idle_polls = idle_polls.saturating_add(1);
+                }
+                permit = self.budget.take(pending.room(&self.limits).1), if wait_budget => {
+                    reserved = permit;
+                    idle_polls = 0;
                 }
                 () = sleep_until(deadline) => {}
                 () = sleep_until(flush_at) => {}
@@ -620,7 +706,7 @@ impl Tailer {
                 Some(self.seal(&mut pending))
             };
             for next in [sealed.take(), last].into_iter().flatten() {
-                in_flight.push_back(self.send(next));
+                in_flight.push_back(self.send(next, &mut handed));
                 let ack = wait_ack(&mut in_flight).await;
                 in_flight.pop_front();
                 match ack {
@@ -663,14 +749,21 @@ impl Tailer {
         Sealing { done, encoding }
     }
 
-    /// Hands a batch to the shipper once it is encoded. Batches of one file may reach the
-    /// shipper in any order (the collector puts each range in its place); their acks are
-    /// taken in order. If the shipper has stopped, the ack reports it.
-    fn send(&self, sealing: Sealing) -> InFlight {
+    /// Hands a batch to the shipper once it is encoded and the file's previous batch was
+    /// handed over (`handed`), so the shipper gets a file's batches in order while they are
+    /// encoded in parallel. If the shipper has stopped, the ack reports it.
+    fn send(&self, sealing: Sealing, handed: &mut Option<oneshot::Receiver<()>>) -> InFlight {
         let (ack, answer) = oneshot::channel();
         let ship = self.ship.clone();
+        let previous = handed.take();
+        let (done, next) = oneshot::channel::<()>();
+        *handed = Some(next);
         tokio::spawn(async move {
-            let Ok(sealed) = sealing.encoding.await else {
+            let encoded = sealing.encoding.await;
+            if let Some(previous) = previous {
+                let _ = previous.await; // Resolves when the previous task ends, however.
+            }
+            let Ok(sealed) = encoded else {
                 return; // Dropping `ack` fails the batch.
             };
             let request = ShipRequest {
@@ -681,6 +774,7 @@ impl Tailer {
             };
             // A full queue to the shipper is backpressure; the shipper retries on its own.
             let _ = ship.send(request).await;
+            drop(done);
         });
         (answer, sealing.done)
     }

@@ -456,6 +456,8 @@ pub struct AgentSetup {
     pub collector_ca_file: Option<PathBuf>,
     /// The flow's collector stream.
     pub stream: &'static str,
+    /// More top-level keys of agent.yaml, as YAML lines (e.g. `max_buffered_bytes: 4MiB\n`).
+    pub agent_extra: &'static str,
 }
 
 impl Default for AgentSetup {
@@ -477,6 +479,7 @@ impl Default for AgentSetup {
             max_in_flight_per_file: None,
             collector_host: "127.0.0.1",
             collector_ca_file: None,
+            agent_extra: "",
         }
     }
 }
@@ -571,11 +574,12 @@ pub fn write_agent_config(dir: &Path, setup: &AgentSetup) -> anyhow::Result<Path
         .unwrap_or_default();
     let text = format!(
         "agent_id: e2e-booth\nstate_dir: agent-state\n{metrics}collector:\n  url: {scheme}://{}:{}\n  token_file: agent.token\n{collector_extra}\
-         poll_interval: {}\n{rescan}rotate_wait: 1s\nflows:\n  - stream: {}\n    paths: [{}]\n    exclude: [{}]\n\
+         poll_interval: {}\n{rescan}rotate_wait: 1s\n{}flows:\n  - stream: {}\n    paths: [{}]\n    exclude: [{}]\n\
          \x20   start_at: {}\n    batch: {{ max_records: {}, max_bytes: 1MiB, max_age: {} }}\n{multiline}{}",
         setup.collector_host,
         setup.collector_port,
         setup.poll_interval,
+        setup.agent_extra,
         setup.stream,
         paths.join(", "),
         exclude.join(", "),

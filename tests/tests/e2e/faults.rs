@@ -5,13 +5,14 @@
 //! once, and while the collector is unreachable the agent's memory must stay bounded (the
 //! log files are the buffer).
 
+use std::io::Write;
 use std::time::Duration;
 
 use anyhow::Context;
 use tokio::time::Instant;
 use tollstream_tests::chaos::{ChaosProxy, FaultConfig, FaultCounts};
 use tollstream_tests::harness::AgentSetup;
-use tollstream_tests::sim::Pacing;
+use tollstream_tests::sim::{Mode, Pacing, SimConfig, Simulator, Summary};
 
 use crate::fixture::{Pipeline, mib};
 
@@ -233,6 +234,136 @@ fn while_the_collector_is_unreachable_the_agent_stays_small_then_catches_up_exac
         "the agent's RSS peaked at {:.1} MiB while the collector was unreachable (limit {} MiB)",
         mib(peak_rss),
         OUTAGE_RSS_LIMIT >> 20
+    );
+    Ok(())
+}
+
+/// Files with a backlog while the collector is away…
+const BACKLOG_FILES: usize = 200;
+/// …holding this many lines in all (1,000 a file, ~21 MB)…
+const BACKLOG_LINES: usize = 200_000;
+/// …ten times the agent's memory budget in this test.
+const BACKLOG_BUDGET: u64 = 2 << 20;
+/// The agent's RSS must stay below this meanwhile (without the budget it reads the whole
+/// backlog in: ~21 MB of lines plus their gzip bodies).
+const BACKLOG_RSS_LIMIT: u64 = 40 << 20;
+
+#[test]
+fn a_backlog_over_many_files_stays_within_the_memory_budget_and_shows_as_lag() -> anyhow::Result<()>
+{
+    let (mut pipeline, proxy) = behind_proxy(FaultConfig::none(), 0, |setup| {
+        setup.request_timeout = Some("5s");
+        setup.agent_extra = "max_buffered_bytes: 2MiB\n";
+    })?;
+    let pid = pipeline.agent.pid().context("agent pid")?;
+    proxy.set_down(true)?;
+    let paths = pipeline.log_files(BACKLOG_FILES);
+    let mut sim = Simulator::new(
+        &SimConfig::default(),
+        Mode::Count {
+            lines: BACKLOG_LINES as u64,
+        },
+    )?;
+    let mut written = Summary::default();
+    let mut files: Vec<Vec<u8>> = vec![Vec::new(); BACKLOG_FILES];
+    let mut line = Vec::with_capacity(128);
+    for i in 0..BACKLOG_LINES {
+        line.clear();
+        let meta = sim
+            .next_into(&mut line)
+            .context("the simulator ran out of lines")?;
+        written.add_meta(sim.booth_ids(), &meta);
+        files[i % BACKLOG_FILES].extend_from_slice(&line);
+    }
+    let mut peak_rss = 0u64;
+    let sample = |peak: &mut u64| -> anyhow::Result<()> {
+        let usage = tollstream_tests::harness::Usage::of(pid)
+            .with_context(|| format!("the agent (pid {pid}) is gone during the outage"))?;
+        *peak = (*peak).max(usage.rss_bytes);
+        Ok(())
+    };
+    // One file at a time, in two halves, sampling the agent's RSS as it goes.
+    for half in 0..2 {
+        for (path, lines) in paths.iter().zip(&files) {
+            let cut = lines.len() / 2;
+            let cut = cut
+                + lines[cut..]
+                    .iter()
+                    .position(|&b| b == b'\n')
+                    .map_or(0, |p| p + 1);
+            let part = if half == 0 {
+                &lines[..cut]
+            } else {
+                &lines[cut..]
+            };
+            let mut file = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .with_context(|| format!("opening {}", path.display()))?;
+            file.write_all(part)
+                .with_context(|| format!("writing {}", path.display()))?;
+        }
+        sample(&mut peak_rss)?;
+    }
+    let backlog: u64 = files.iter().map(|f| f.len() as u64).sum();
+    // The lag gauge follows the files although the agent reads no further than its budget.
+    let mut lag = 0.0;
+    tollstream_tests::harness::wait_for(
+        "the agent's lag gauge to cover the whole backlog",
+        Duration::from_secs(30),
+        || {
+            let _ = sample(&mut peak_rss);
+            lag = pipeline
+                .agent_metric("tollstream_agent_lag_bytes", "")
+                .unwrap_or(0.0);
+            lag as u64 == backlog
+        },
+    )
+    .with_context(|| format!("lag gauge {lag}, backlog {backlog} bytes"))?;
+    let buffered = pipeline
+        .agent_metric("tollstream_agent_buffered_bytes", "")
+        .context("agent metrics")?;
+    sample(&mut peak_rss)?;
+    eprintln!(
+        "backlog: {BACKLOG_FILES} files, {:.1} MiB written while the collector was away; agent \
+         buffered {:.1} MiB (budget {} MiB), peak RSS {:.1} MiB",
+        mib(backlog),
+        mib(buffered as u64),
+        BACKLOG_BUDGET >> 20,
+        mib(peak_rss),
+    );
+    assert!(
+        buffered > 0.0 && buffered as u64 <= BACKLOG_BUDGET,
+        "buffered {buffered} bytes, budget {BACKLOG_BUDGET}"
+    );
+    assert_eq!(
+        pipeline
+            .warehouse()?
+            .count("SELECT COUNT(*) FROM toll_transactions")?,
+        0,
+        "nothing got through while the proxy was down"
+    );
+    proxy.set_down(false)?;
+    let up_at = Instant::now();
+    pipeline.wait_loaded(written.valid_lines, 0)?;
+    eprintln!(
+        "backlog: caught up on {BACKLOG_LINES} lines in {:.1} s",
+        up_at.elapsed().as_secs_f64()
+    );
+    tollstream_tests::harness::wait_for(
+        "the lag gauge to return to 0",
+        Duration::from_secs(30),
+        || pipeline.agent_metric("tollstream_agent_lag_bytes", "") == Some(0.0),
+    )?;
+    pipeline.stop()?;
+    pipeline.assert_exactly_once(&written)?;
+    assert!(
+        peak_rss < BACKLOG_RSS_LIMIT,
+        "the agent's RSS peaked at {:.1} MiB with a {} MiB budget (limit {} MiB)",
+        mib(peak_rss),
+        BACKLOG_BUDGET >> 20,
+        BACKLOG_RSS_LIMIT >> 20
     );
     Ok(())
 }
