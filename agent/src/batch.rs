@@ -36,6 +36,8 @@ pub struct Batch {
     /// The share of the agent's memory budget these lines hold: given back when the last
     /// copy of the batch (the shipper's, once acknowledged) is dropped.
     pub budget: Option<Arc<OwnedSemaphorePermit>>,
+    /// Multiline joining made the lines: an 0x1E in `data` may stand for a `\n` of the file.
+    pub joined: bool,
 }
 
 impl Batch {
@@ -56,7 +58,7 @@ impl Batch {
             end: self.start + cut as u64,
             records: half,
             data: self.data.slice(..cut),
-            check: file_check(&self.data[..cut]),
+            check: file_check(&self.data[..cut], self.joined),
             ..self.clone()
         };
         let second = Batch {
@@ -97,11 +99,14 @@ pub struct Pending {
     cut_check: Option<(u32, u32)>,
     /// The memory budget held by the lines pending.
     budget: Option<OwnedSemaphorePermit>,
+    /// The lines come from multiline joining (see [`Batch::joined`]).
+    joined: bool,
 }
 
 impl Pending {
-    /// An empty batch that will start at `start`.
-    pub fn new(start: u64) -> Self {
+    /// An empty batch that will start at `start`, of lines from multiline joining if
+    /// `joined`.
+    pub fn new(start: u64, joined: bool) -> Self {
         Self {
             start,
             end: start,
@@ -111,6 +116,7 @@ impl Pending {
             closed: false,
             cut_check: None,
             budget: None,
+            joined,
         }
     }
 
@@ -180,7 +186,10 @@ impl Pending {
     /// Takes the pending lines as a batch; the next batch starts where this one ends.
     pub fn take(&mut self, stream: &str, source: &str) -> Batch {
         let data = self.data.split().freeze();
-        let check = self.cut_check.take().unwrap_or_else(|| file_check(&data));
+        let check = self
+            .cut_check
+            .take()
+            .unwrap_or_else(|| file_check(&data, self.joined));
         let batch = Batch {
             stream: stream.to_owned(),
             source: source.to_owned(),
@@ -190,6 +199,7 @@ impl Pending {
             data,
             check,
             budget: self.budget.take().map(Arc::new),
+            joined: self.joined,
         };
         self.start = self.end;
         self.records = 0;
@@ -200,10 +210,11 @@ impl Pending {
 }
 
 /// The check of the file's bytes that `data` ends with: lines as read, where multiline
-/// joining only turned some `\n` into 0x1E (one byte for one), which is undone here.
-fn file_check(data: &[u8]) -> (u32, u32) {
+/// joining (if `joined`) only turned some `\n` into 0x1E (one byte for one), which is
+/// undone here. Without joining an 0x1E is the file's own byte and stays.
+fn file_check(data: &[u8], joined: bool) -> (u32, u32) {
     let tail = &data[data.len().saturating_sub(crate::tail::TAIL_CHECK_BYTES)..];
-    if !tail.contains(&crate::multiline::INNER_BREAK) {
+    if !joined || !tail.contains(&crate::multiline::INNER_BREAK) {
         return crate::tail::tail_check(tail);
     }
     let raw: Vec<u8> = tail
@@ -258,7 +269,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn batch_is_due_when_full_or_old() {
-        let mut pending = Pending::new(100);
+        let mut pending = Pending::new(100, false);
         let now = Instant::now();
         assert!(!pending.is_due(&limits(), now));
         pending.push(b"a\nb\n", 2, 104, now);
@@ -287,6 +298,7 @@ mod tests {
             data: Bytes::from_static(b"a,b\nc,d\n"),
             check: (0, 0),
             budget: None,
+            joined: false,
         };
         let mut out = Vec::new();
         flate2::read::GzDecoder::new(&batch.encode(2)[..])
@@ -294,6 +306,28 @@ mod tests {
             .expect("gzip");
         assert_eq!(out, b"a,b\nc,d\n");
         assert_eq!(&batch.encode(0)[..], b"a,b\nc,d\n");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_check_is_of_the_file_bytes_whether_or_not_lines_were_joined() {
+        let now = Instant::now();
+        let file_check = |bytes: &[u8]| crate::tail::tail_check(bytes);
+        // Without multiline an 0x1E is the file's own byte: the check covers it as is, or a
+        // restart would find the bytes before the offset changed and send the file again.
+        let own = b"a,b\x1ec\nd,e\n";
+        let mut plain = Pending::new(0, false);
+        plain.push(own, 2, own.len() as u64, now);
+        assert_eq!(plain.take("s", "x").check, file_check(own));
+        // With multiline joining an 0x1E stands for a line break of the file.
+        let mut joined = Pending::new(0, true);
+        joined.push(b"a,b\x1e  c\n", 1, 10, now);
+        assert_eq!(joined.take("s", "x").check, file_check(b"a,b\n  c\n"));
+        // The same in each half of a split batch.
+        let mut plain = Pending::new(0, false);
+        plain.push(b"a\x1e\nb\n", 2, 5, now);
+        let (first, second) = plain.take("s", "x").split().expect("splits");
+        assert_eq!(first.check, file_check(b"a\x1e\n"));
+        assert_eq!(second.check, file_check(b"a\x1e\nb\n"));
     }
 
     #[test]
@@ -307,6 +341,7 @@ mod tests {
             data: Bytes::from_static(b"a,b\nc\nd,e\n"),
             check: (0, 0),
             budget: None,
+            joined: false,
         };
         let (first, second) = batch.split().expect("splits");
         assert_eq!((first.start, first.end, first.records), (10, 14, 1));

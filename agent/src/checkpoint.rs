@@ -9,14 +9,19 @@
 //! by path, so a renamed file keeps its offset. Each entry records which file holds the
 //! source now (device, inode, birth time, first-line fingerprint) and a CRC of the bytes
 //! just before the acknowledged offset, checked when reading resumes. Version 1 files
-//! (no file fields) are read and upgraded: their identity is taken from the key.
+//! (no file fields) are read and upgraded: their identity is taken from the key. Version 3
+//! adds `"forgotten_at"` (see [`Checkpoints::forgot`]), whose decimal text the CRC then
+//! covers after the entries; it is written only once the agent has forgotten state, so an
+//! agent that never did keeps writing version 2.
 //!
 //! Durability: temp file, fsync, rename, directory fsync. At start a complete, valid temp
 //! file (a crash after its fsync but before the rename) wins over the main file. A damaged
-//! checkpoint is moved aside with an ERROR and the agent starts as if it had none: with
-//! `start_at: beginning` (the default) files are read again and the collector's duplicate
-//! detection drops what it already has; with `start_at: end` what was not yet shipped
-//! before the damage is skipped, which the ERROR says.
+//! checkpoint is moved aside with an ERROR and the agent starts without its entries (and
+//! without applying `start_at: end`, which would skip what was not yet sent): every file is
+//! read again from the start as a new source, with a generation above any it can have had
+//! before, since a file rewritten in place keeps its first source's name and the collector
+//! would take the new content for what it already holds under that name. The collector
+//! cannot recognise those resends as its own; the warehouse's natural key drops them.
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -32,7 +37,7 @@ use tracing::{error, warn};
 use crate::clock::Clock;
 
 const FILE: &str = "checkpoints.json";
-const VERSION: u32 = 2;
+const VERSION: u32 = 3;
 
 /// The acknowledged state of one source: a file's content, wherever it lives now.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -94,6 +99,8 @@ pub struct FileIdentity {
 struct OnDisk {
     version: u32,
     crc: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    forgotten_at: Option<i64>,
     files: BTreeMap<String, Entry>,
 }
 
@@ -101,9 +108,10 @@ struct OnDisk {
 #[derive(Debug, Default)]
 pub struct Checkpoints {
     files: BTreeMap<String, Entry>,
+    /// When the agent last forgot sources it had started (Unix seconds): see
+    /// [`Checkpoints::forgot`].
+    forgotten_at: Option<i64>,
     dirty: bool,
-    /// The file on disk was damaged and set aside at load.
-    damaged: bool,
     /// Wakes the checkpointer to write at once: a new source must be on disk before its
     /// file can be copied or rotated away under a crashed agent, or the copy would look new.
     urgent: Arc<tokio::sync::Notify>,
@@ -150,11 +158,6 @@ pub enum CheckpointError {
 }
 
 impl Checkpoints {
-    /// Whether the checkpoint file was found damaged (and set aside) at load.
-    pub fn was_damaged(&self) -> bool {
-        self.damaged
-    }
-
     /// The entry of a file identity.
     pub fn get(&self, key: &str) -> Option<&Entry> {
         self.files.get(key)
@@ -200,6 +203,44 @@ impl Checkpoints {
         self.files.remove(key)
     }
 
+    /// Records that the agent forgot, at `at` (Unix seconds), sources it had started: a
+    /// damaged checkpoint was set aside, or state was pruned after `checkpoint_retention`.
+    /// The collector still holds every byte range it accepted under those sources' names,
+    /// so a name must not be given again to other bytes; see [`Checkpoints::new_source`].
+    pub fn forgot(&mut self, at: i64) {
+        self.forgotten_at = Some(self.forgotten_at.map_or(at, |was| was.max(at)));
+        self.dirty = true;
+    }
+
+    /// When the agent last forgot sources it had started (Unix seconds), if ever.
+    pub fn forgotten_at(&self) -> Option<i64> {
+        self.forgotten_at
+    }
+
+    /// The key of a new source for a file without saved state, whose keys are `base-N`
+    /// and which was born at `btime` (nanoseconds since the epoch, 0 if unknown), at `now`
+    /// (Unix seconds).
+    ///
+    /// Generation 0 (the lowest N not in use) while the agent remembers every source it
+    /// ever started for this file: always on its first run, and for files born since it
+    /// last forgot any. Otherwise it cannot know which numbers the file's sources had — a
+    /// file truncated or rewritten in place (same inode, birth time and first line) moved
+    /// on from generation 0 to others — and takes one above all of them: generations
+    /// after a truncation are the Unix second it was found in (see `next_generation`), so
+    /// none before the forgetting exceeds its second.
+    pub fn new_source(&self, base: &str, btime: u64, now: i64) -> (String, u32) {
+        let born_since = |at: i64| {
+            btime != 0 && i64::try_from(btime / 1_000_000_000).is_ok_and(|second| second > at)
+        };
+        match self.forgotten_at {
+            Some(at) if !born_since(at) => {
+                let floor = now.max(at.saturating_add(1));
+                self.next_generation(base, u32::try_from(floor).unwrap_or(u32::MAX))
+            }
+            _ => self.free_key(base),
+        }
+    }
+
     /// `base-N` for the smallest N not yet used.
     pub fn free_key(&self, base: &str) -> (String, u32) {
         (0u32..)
@@ -221,8 +262,15 @@ impl Checkpoints {
     }
 
     /// Drops entries not followed since `before` (RFC 3339, compared as timestamps) whose
-    /// key `keep` does not claim; returns how many.
-    pub fn prune(&mut self, before: jiff::Timestamp, keep: impl Fn(&str) -> bool) -> usize {
+    /// key `keep` does not claim, and records that they were forgotten `now` (Unix
+    /// seconds): their files may turn up again, rewritten since under the same names.
+    /// Returns how many.
+    pub fn prune(
+        &mut self,
+        before: jiff::Timestamp,
+        now: i64,
+        keep: impl Fn(&str) -> bool,
+    ) -> usize {
         let old = |entry: &Entry| {
             let last = entry.seen_at.as_deref().or(entry.acked_at.as_deref());
             last.and_then(|t| t.parse::<jiff::Timestamp>().ok())
@@ -237,7 +285,9 @@ impl Checkpoints {
         for key in &gone {
             self.files.remove(key);
         }
-        self.dirty |= !gone.is_empty();
+        if !gone.is_empty() {
+            self.forgot(now);
+        }
         gone.len()
     }
 
@@ -252,22 +302,36 @@ impl Checkpoints {
             return None;
         }
         self.dirty = false;
-        Some(encode(&self.files))
+        Some(encode(&self.files, self.forgotten_at))
     }
 }
 
-fn encode(files: &BTreeMap<String, Entry>) -> Vec<u8> {
+/// The CRC of the JSON text of the entries, then of `forgotten_at` in decimal if set.
+fn checksum(body: &[u8], forgotten_at: Option<i64>) -> u32 {
+    let mut hasher = crc32fast::Hasher::new();
+    hasher.update(body);
+    if let Some(at) = forgotten_at {
+        hasher.update(at.to_string().as_bytes());
+    }
+    hasher.finalize()
+}
+
+fn encode(files: &BTreeMap<String, Entry>, forgotten_at: Option<i64>) -> Vec<u8> {
     // Serialising plain strings and integers cannot fail.
     let body = serde_json::to_vec(files).unwrap_or_default();
     let on_disk = OnDisk {
-        version: VERSION,
-        crc: crc32fast::hash(&body),
+        version: if forgotten_at.is_some() { VERSION } else { 2 },
+        crc: checksum(&body, forgotten_at),
+        forgotten_at,
         files: files.clone(),
     };
     serde_json::to_vec_pretty(&on_disk).unwrap_or_default()
 }
 
-fn decode(path: &Path, bytes: &[u8]) -> Result<BTreeMap<String, Entry>, CheckpointError> {
+/// What a checkpoint file holds: the entries and `forgotten_at`.
+type Decoded = (BTreeMap<String, Entry>, Option<i64>);
+
+fn decode(path: &Path, bytes: &[u8]) -> Result<Decoded, CheckpointError> {
     let corrupt = |reason: String| CheckpointError::Corrupt {
         path: path.to_path_buf(),
         reason,
@@ -284,7 +348,7 @@ fn decode(path: &Path, bytes: &[u8]) -> Result<BTreeMap<String, Entry>, Checkpoi
     // Version 1 checksummed the entries without the fields added since, which serialise
     // as defaults when read back.
     let v1_body = (on_disk.version == 1).then(|| v1_json(&on_disk.files));
-    if crc32fast::hash(&body) != on_disk.crc
+    if checksum(&body, on_disk.forgotten_at) != on_disk.crc
         && v1_body.is_none_or(|b| crc32fast::hash(&b) != on_disk.crc)
     {
         return Err(corrupt("checksum mismatch: the file was damaged".into()));
@@ -295,7 +359,7 @@ fn decode(path: &Path, bytes: &[u8]) -> Result<BTreeMap<String, Entry>, Checkpoi
             entry.file = identity_from_v1_key(key);
         }
     }
-    Ok(files)
+    Ok((files, on_disk.forgotten_at))
 }
 
 /// The JSON text version 1 checksummed: entries with only its five fields.
@@ -341,23 +405,35 @@ fn tmp_path(dir: &Path) -> PathBuf {
 }
 
 /// Loads the checkpoints in `dir`, preferring a valid leftover temp file; a damaged file
-/// is renamed to `checkpoints.json.corrupt-<unix seconds>` and reported.
+/// is renamed to `checkpoints.json.corrupt-<unix seconds>` and reported, and the state
+/// without it (which records that sources were forgotten) is written at once.
 ///
 /// # Errors
 /// I/O errors other than "not found".
 pub fn load(dir: &Path, clock: &dyn Clock) -> Result<Checkpoints, CheckpointError> {
     let main = dir.join(FILE);
-    if let Some(files) = read_tmp(dir) {
+    if let Some((files, forgotten_at)) = read_tmp(dir) {
         warn!(path = %tmp_path(dir).display(), "Using checkpoint temp file left by an interrupted write.");
         return Ok(Checkpoints {
             files,
+            forgotten_at,
             dirty: true,
             ..Checkpoints::default()
         });
     }
     let bytes = match std::fs::read(&main) {
         Ok(bytes) => bytes,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Checkpoints::default()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let mut checkpoints = Checkpoints::default();
+            // A damaged file was set aside, and no state was written after it (a crash
+            // right then, or the file was deleted): what was forgotten then still is.
+            if let Some(aside) = set_aside(dir) {
+                warn!(set_aside = %aside.display(), "No checkpoint file, but a damaged one was set aside before it: starting as after a damaged checkpoint (files are read again as new sources).");
+                checkpoints.forgot(clock.now().as_second());
+                write_now(dir, &mut checkpoints);
+            }
+            return Ok(checkpoints);
+        }
         Err(source) => {
             return Err(CheckpointError::Io {
                 action: "reading",
@@ -367,26 +443,52 @@ pub fn load(dir: &Path, clock: &dyn Clock) -> Result<Checkpoints, CheckpointErro
         }
     };
     match decode(&main, &bytes) {
-        Ok(files) => Ok(Checkpoints {
+        Ok((files, forgotten_at)) => Ok(Checkpoints {
             files,
+            forgotten_at,
             ..Checkpoints::default()
         }),
         Err(problem) => {
-            let aside = dir.join(format!("{FILE}.corrupt-{}", clock.now().as_second()));
+            let now = clock.now().as_second();
+            let aside = dir.join(format!("{CORRUPT_PREFIX}{now}"));
             let _ = std::fs::rename(&main, &aside);
-            error!(%problem, moved_to = %aside.display(), "Checkpoint file is damaged; starting without it. Every file is read again from the start (start_at: end is not applied, so nothing unsent is skipped); the collector drops what it already has.");
+            error!(%problem, moved_to = %aside.display(), "Checkpoint file is damaged; starting without it. Every file is read again from the start as a new source (start_at: end is not applied, so nothing unsent is skipped); the collector cannot tell what it already has, so lines sent before are sent again and the warehouse's natural key drops them.");
             metrics::counter!("tollstream_agent_checkpoint_errors_total", "reason" => "corrupt")
                 .increment(1);
-            Ok(Checkpoints {
-                damaged: true,
-                ..Checkpoints::default()
-            })
+            let mut checkpoints = Checkpoints::default();
+            checkpoints.forgot(now);
+            write_now(dir, &mut checkpoints);
+            Ok(checkpoints)
         }
     }
 }
 
+/// How damaged checkpoint files are renamed: this, then the Unix second.
+const CORRUPT_PREFIX: &str = "checkpoints.json.corrupt-";
+
+/// A damaged checkpoint file set aside in `dir`, if any.
+fn set_aside(dir: &Path) -> Option<PathBuf> {
+    std::fs::read_dir(dir)
+        .ok()?
+        .filter_map(Result::ok)
+        .find(|e| e.file_name().to_string_lossy().starts_with(CORRUPT_PREFIX))
+        .map(|e| e.path())
+}
+
+/// Writes the state at once (before any file is read under it); on failure the
+/// checkpointer retries.
+fn write_now(dir: &Path, checkpoints: &mut Checkpoints) {
+    let Some(bytes) = checkpoints.take_snapshot() else {
+        return;
+    };
+    if let Err(error) = store(dir, &bytes) {
+        warn!(dir = %dir.display(), %error, "Checkpoint write failed; will retry.");
+        checkpoints.dirty = true;
+    }
+}
+
 /// A complete, valid temp file left by an interrupted write, if any.
-fn read_tmp(dir: &Path) -> Option<BTreeMap<String, Entry>> {
+fn read_tmp(dir: &Path) -> Option<Decoded> {
     let tmp = tmp_path(dir);
     decode(&tmp, &std::fs::read(&tmp).ok()?).ok()
 }
@@ -396,25 +498,28 @@ fn read_tmp(dir: &Path) -> Option<BTreeMap<String, Entry>> {
 /// # Errors
 /// An unreadable or damaged file.
 pub fn read_only(dir: &Path) -> Result<Checkpoints, CheckpointError> {
-    if let Some(files) = read_tmp(dir) {
-        return Ok(Checkpoints {
-            files,
-            ..Checkpoints::default()
-        });
-    }
-    let main = dir.join(FILE);
-    match std::fs::read(&main) {
-        Ok(bytes) => Ok(Checkpoints {
-            files: decode(&main, &bytes)?,
-            ..Checkpoints::default()
-        }),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Checkpoints::default()),
-        Err(source) => Err(CheckpointError::Io {
-            action: "reading",
-            path: main,
-            source,
-        }),
-    }
+    let (files, forgotten_at) = match read_tmp(dir) {
+        Some(decoded) => decoded,
+        None => {
+            let main = dir.join(FILE);
+            match std::fs::read(&main) {
+                Ok(bytes) => decode(&main, &bytes)?,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Default::default(),
+                Err(source) => {
+                    return Err(CheckpointError::Io {
+                        action: "reading",
+                        path: main,
+                        source,
+                    });
+                }
+            }
+        }
+    };
+    Ok(Checkpoints {
+        files,
+        forgotten_at,
+        ..Checkpoints::default()
+    })
 }
 
 /// Writes `bytes` as the checkpoint file, atomically and durably.
@@ -534,7 +639,7 @@ mod tests {
         std::fs::write(dir.path().join(FILE), &bytes).expect("write");
         let loaded = load(dir.path(), &SystemClock).expect("loads");
         assert!(loaded.get("k").is_none());
-        assert!(loaded.was_damaged());
+        assert!(loaded.forgotten_at().is_some());
         let names: Vec<String> = std::fs::read_dir(dir.path())
             .expect("ls")
             .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
@@ -619,6 +724,112 @@ mod tests {
         assert_eq!(checkpoints.next_generation("b", 900), ("b-900".into(), 900));
     }
 
+    /// Nanoseconds since the epoch of a Unix second, as a birth time.
+    fn born(second: i64) -> u64 {
+        u64::try_from(second).expect("after 1970") * 1_000_000_000
+    }
+
+    #[test]
+    fn a_file_first_seen_is_generation_0_and_keeps_its_key_across_restarts() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let clock = crate::clock::FakeClock::new("2026-05-01T00:00:00Z".parse().expect("ts"));
+        let now = clock.now().as_second();
+        let mut checkpoints = load(dir.path(), &clock).expect("loads");
+        let (key, generation) = checkpoints.new_source("b", born(now - 60), now);
+        assert_eq!(
+            (key.as_str(), generation),
+            ("b-0", 0),
+            "first run: as before"
+        );
+        checkpoints.set(&key, entry(7));
+        store(dir.path(), &checkpoints.take_snapshot().expect("dirty")).expect("stored");
+        let bytes = std::fs::read(dir.path().join(FILE)).expect("read");
+        let text = String::from_utf8_lossy(&bytes);
+        assert!(
+            text.contains(r#""version": 2"#) && !text.contains("forgotten_at"),
+            "an agent that never forgot state writes version 2: {text}"
+        );
+        let reloaded = load(dir.path(), &clock).expect("loads");
+        assert_eq!(reloaded.get("b-0"), Some(&entry(7)));
+        assert_eq!(reloaded.forgotten_at(), None);
+    }
+
+    #[test]
+    fn after_a_damaged_checkpoint_no_file_gets_a_generation_it_may_have_had() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let clock = crate::clock::FakeClock::new("2026-05-01T00:00:00Z".parse().expect("ts"));
+        let then = clock.now().as_second();
+        // Generation 0, then a rewrite in place (same inode, birth time, first line) moved
+        // the file on to a generation numbered by the second it was found in.
+        let mut checkpoints = load(dir.path(), &clock).expect("loads");
+        checkpoints.set("b-0", entry(4000));
+        let (rewritten, _) = checkpoints.next_generation("b", u32::try_from(then).expect("u32"));
+        checkpoints.set(&rewritten, entry(300));
+        let mut bytes = checkpoints.take_snapshot().expect("dirty");
+        let at = bytes.iter().position(|&b| b == b'4').expect("a digit");
+        bytes[at] = b'5';
+        std::fs::write(dir.path().join(FILE), &bytes).expect("write");
+        // Restarted within the same second: the state is gone, and what names were used
+        // with it.
+        let loaded = load(dir.path(), &clock).expect("loads");
+        assert_eq!(loaded.entries().count(), 0);
+        assert_eq!(loaded.forgotten_at(), Some(then));
+        let (key, generation) = loaded.new_source("b", born(then - 3600), then);
+        assert!(
+            key != "b-0" && key != rewritten && i64::from(generation) > then,
+            "{key}: not generation 0, not the rewrite's ({rewritten})"
+        );
+        let (unknown_birth, _) = loaded.new_source("b", 0, then);
+        assert_ne!(unknown_birth, "b-0", "no birth time: it may be an old file");
+        assert_eq!(
+            loaded.new_source("c", born(then + 5), then + 5),
+            ("c-0".into(), 0),
+            "a file born after the damage has had no other generation"
+        );
+        // That the state was forgotten is on disk before anything is read, and is kept.
+        let on_disk = read_only(dir.path()).expect("written at load");
+        assert_eq!(on_disk.forgotten_at(), Some(then));
+        clock.advance(std::time::Duration::from_secs(60));
+        let mut again = load(dir.path(), &clock).expect("intact");
+        assert_eq!(again.forgotten_at(), Some(then));
+        let (key, generation) = again.new_source("b", born(then - 3600), then + 60);
+        assert_eq!(i64::from(generation), then + 60);
+        again.set(&key, entry(10));
+        store(dir.path(), &again.take_snapshot().expect("dirty")).expect("stored");
+        let text = std::fs::read_to_string(dir.path().join(FILE)).expect("read");
+        assert!(text.contains(r#""version": 3"#), "{text}");
+        assert_eq!(
+            load(dir.path(), &clock).expect("intact").get(&key),
+            Some(&entry(10)),
+            "a restart with an intact checkpoint keeps the key"
+        );
+    }
+
+    #[test]
+    fn the_checksum_covers_when_state_was_forgotten() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut checkpoints = Checkpoints::default();
+        checkpoints.set("k", entry(10));
+        checkpoints.forgot(1_780_000_000);
+        let text = String::from_utf8(checkpoints.take_snapshot().expect("dirty")).expect("utf8");
+        let damaged = text.replace("1780000000", "1700000000");
+        assert_ne!(text, damaged);
+        std::fs::write(dir.path().join(FILE), damaged).expect("write");
+        let clock = crate::clock::FakeClock::new("2026-07-01T00:00:00Z".parse().expect("ts"));
+        let loaded = load(dir.path(), &clock).expect("loads");
+        assert!(loaded.get("k").is_none(), "taken for damaged");
+        assert_eq!(loaded.forgotten_at(), Some(clock.now().as_second()));
+    }
+
+    #[test]
+    fn a_crash_before_the_state_after_a_damaged_checkpoint_was_written_is_not_a_first_run() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(dir.path().join(format!("{CORRUPT_PREFIX}1780000000")), "{").expect("write");
+        let loaded = load(dir.path(), &SystemClock).expect("loads");
+        assert!(loaded.forgotten_at().is_some());
+        assert!(dir.path().join(FILE).exists(), "written at once");
+    }
+
     #[test]
     fn state_of_files_gone_longer_than_the_retention_is_pruned() {
         let mut checkpoints = Checkpoints::default();
@@ -630,8 +841,18 @@ mod tests {
         checkpoints.set("recent", recent);
         checkpoints.set("old-but-followed", old);
         let cutoff: jiff::Timestamp = "2026-03-01T00:00:00Z".parse().expect("ts");
-        assert_eq!(checkpoints.prune(cutoff, |k| k == "old-but-followed"), 1);
+        assert_eq!(checkpoints.forgotten_at(), None);
+        let now = "2026-06-02T00:00:00Z"
+            .parse::<jiff::Timestamp>()
+            .expect("ts");
+        let pruned = checkpoints.prune(cutoff, now.as_second(), |k| k == "old-but-followed");
+        assert_eq!(pruned, 1);
         assert!(checkpoints.get("old").is_none());
         assert!(checkpoints.get("recent").is_some());
+        assert_eq!(
+            checkpoints.forgotten_at(),
+            Some(now.as_second()),
+            "what was pruned is remembered as forgotten"
+        );
     }
 }

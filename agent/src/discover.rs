@@ -626,8 +626,10 @@ impl Discoverer {
         if self.held_copy_of(&checkpoints, &found).is_some() {
             return;
         }
-        let (own, generation) = checkpoints.free_key(&found.key_base());
-        let now = self.clock.now().to_string();
+        let now = self.clock.now();
+        let (own, generation) =
+            checkpoints.new_source(&found.key_base(), found.btime, now.as_second());
+        let now = now.to_string();
         checkpoints.set(
             &own,
             Entry {
@@ -683,12 +685,16 @@ impl Discoverer {
         };
         let key = {
             let mut checkpoints = self.checkpoints.lock().unwrap_or_else(|p| p.into_inner());
-            // A file's first source is generation 0, so the same file always gets the same
-            // key; later generations (truncations) never reuse a number, even after pruning.
+            // A file's first source is generation 0; later generations (truncations) are
+            // the Unix second, so they never reuse a number even after pruning. Once the
+            // agent has forgotten state (a damaged checkpoint, pruning), a file born before
+            // then gets a generation above any it had: it may have moved on from
+            // generation 0, whose name the collector still holds for other bytes.
+            let now = self.clock.now().as_second();
             let (key, generation) = if first_sight {
-                checkpoints.free_key(&found.key_base())
+                checkpoints.new_source(&found.key_base(), found.btime, now)
             } else {
-                let floor = u32::try_from(self.clock.now().as_second()).unwrap_or(u32::MAX);
+                let floor = u32::try_from(now).unwrap_or(u32::MAX);
                 checkpoints.next_generation(&found.key_base(), floor)
             };
             let tail = tail_before(&found.file, start).unwrap_or((0, 0));
@@ -785,11 +791,12 @@ impl Discoverer {
         };
         let followed = &self.followed_keys;
         let held: std::collections::HashSet<&String> = self.copies.values().collect();
+        let now = self.clock.now().as_second();
         let pruned = self
             .checkpoints
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .prune(before, |key| {
+            .prune(before, now, |key| {
                 followed.contains_key(key) || held.contains(&key.to_owned())
             });
         if pruned > 0 {
@@ -885,8 +892,7 @@ impl Found {
     }
 
     /// Keys of this file's sources: `<inode>-<birth time>-<first-line CRC>-<generation>`,
-    /// all hex but the generation. The same file always gets the same key, so after a lost
-    /// checkpoint the collector still recognises what it already has.
+    /// all hex but the generation (see [`Checkpoints::new_source`] and `next_generation`).
     fn key_base(&self) -> String {
         format!(
             "{:x}-{:x}-{:08x}",

@@ -77,8 +77,9 @@ pub async fn run(
     let token = read_token(&config.collector.token_file)?;
     systemd::status("Loading checkpoints.");
     let checkpoints = checkpoint::load(&config.state_dir, clock.as_ref())?;
-    // After a damaged checkpoint, `start_at: end` would skip what was never sent.
-    let first_run = checkpoints.entries().next().is_none() && !checkpoints.was_damaged();
+    // After a damaged checkpoint (or once state was pruned), `start_at: end` would skip
+    // what was never sent.
+    let first_run = checkpoints.entries().next().is_none() && checkpoints.forgotten_at().is_none();
     let checkpoints = Arc::new(Mutex::new(checkpoints));
     let give_up = CancellationToken::new();
     let collector = &config.collector;

@@ -24,6 +24,14 @@ pub fn report(config: &Config) -> anyhow::Result<String> {
         config.collector.url,
         config.state_dir.display()
     );
+    if let Some(at) = checkpoints.forgotten_at() {
+        let at =
+            jiff::Timestamp::from_second(at).map_or_else(|_| at.to_string(), |t| t.to_string());
+        let _ = writeln!(
+            out,
+            "state of some sources forgotten at {at} (damaged checkpoint or checkpoint_retention): a file born before then that turns up without state is a new source with a generation above that second"
+        );
+    }
     let _ = writeln!(
         out,
         "{:<50} {:<40} {:>14} {:>14} {:>12}  LAST ACK",

@@ -484,7 +484,7 @@ impl Tailer {
     /// # Errors
     /// I/O errors reading the file.
     pub async fn run(self) -> std::io::Result<TailEnd> {
-        let mut pending = Pending::new(self.start);
+        let mut pending = Pending::new(self.start, self.multiline.is_some());
         // Sent and not yet acknowledged, oldest first; acks are taken in this order, so the
         // checkpoint only ever covers a prefix of the file.
         let mut in_flight: VecDeque<InFlight> = VecDeque::new();

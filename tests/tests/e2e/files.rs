@@ -276,6 +276,93 @@ fn a_file_rewritten_with_the_same_first_line_is_noticed_by_the_bytes_before_the_
     Ok(())
 }
 
+/// A rewritten file's new generation must not give way to its first one when the agent
+/// loses its checkpoint: the collector still holds generation 0's byte ranges, so lines
+/// sent under that name again would be taken for ones it already has, and dropped.
+#[test]
+fn after_a_damaged_checkpoint_a_rewritten_file_loses_no_line_to_its_old_source_name()
+-> anyhow::Result<()> {
+    let mut pipeline =
+        Pipeline::start_with(|agent| agent.flow_extra = "    skip_header_lines: 1\n")?;
+    let path = pipeline.dir.path().join("logs").join("booth.csv.log");
+    let header = "event_time,transaction_id,plaza,lane,card,tag,class,amount\n";
+    let lines: Vec<String> = (0..130).map(line).collect();
+    std::fs::write(&path, format!("{header}{}", lines[..40].concat()))?;
+    pipeline.wait_loaded(40, 0)?;
+    // Rewritten in place (same inode, birth time and header), shorter than before: a new
+    // generation, read from its header on.
+    std::fs::write(&path, format!("{header}{}", lines[100..110].concat()))?;
+    pipeline.wait_loaded(50, 0)?;
+    // The checkpoint is damaged while the agent is down.
+    assert!(pipeline.agent.terminate(EXIT_TIMEOUT)?.success());
+    let checkpoint = pipeline
+        .dir
+        .path()
+        .join("agent-state")
+        .join("checkpoints.json");
+    anyhow::ensure!(checkpoint.exists(), "the agent wrote its checkpoint");
+    std::fs::write(&checkpoint, "{\"version\":2,\"crc\":1,\"files\":{\"garbled")?;
+    pipeline.agent.start()?;
+    pipeline
+        .agent
+        .wait_started("Checkpoint file is damaged", Duration::from_secs(30))?;
+    // Still below where generation 0 ended (40 lines): every line here would be taken
+    // for one of generation 0's if the file were named by it again.
+    append(&path, &lines[110..130])?;
+    pipeline.wait_loaded(70, 0)?;
+    pipeline.stop()?;
+    let warehouse = pipeline.warehouse()?;
+    assert_eq!(
+        warehouse.count("SELECT COUNT(*) FROM toll_transactions")?,
+        70
+    );
+    for n in (0..40).chain(100..130) {
+        let id = format!("00000000-0000-4000-8000-{n:012}");
+        assert_eq!(
+            warehouse.count(&format!(
+                "SELECT COUNT(*) FROM toll_transactions WHERE transaction_id = '{id}'"
+            ))?,
+            1,
+            "line {n} arrived exactly once"
+        );
+    }
+    assert_eq!(
+        warehouse.count("SELECT SUM(duplicates) FROM loads")?,
+        10,
+        "the rewritten file was sent again under a new name after the damage: its 10 lines \
+         from before reached the loader twice and the natural key dropped them"
+    );
+    assert_eq!(
+        warehouse.count("SELECT COUNT(*) FROM rejected_records")?,
+        0,
+        "no header sent"
+    );
+    // Three sources for the file (first content, rewrite, after the damage), all different.
+    let agent_log = std::fs::read_to_string(pipeline.dir.path().join("agent.log"))?;
+    let mut sources: Vec<&str> = agent_log
+        .lines()
+        .filter(|l| l.contains("Following file") && l.contains("booth.csv.log"))
+        .filter_map(|l| l.split("source=").nth(1)?.split_whitespace().next())
+        .collect();
+    assert_eq!(sources.len(), 3, "{sources:?}");
+    let latest = sources.last().copied().unwrap_or_default();
+    sources.sort_unstable();
+    sources.dedup();
+    assert_eq!(sources.len(), 3, "no source name used twice: {sources:?}");
+    // `agent status` shows the source in use now, and that state was forgotten.
+    let status = std::process::Command::new(tollstream_tests::harness::binary("tollstream-agent")?)
+        .args(["status", "--config"])
+        .arg(pipeline.dir.path().join("agent.yaml"))
+        .output()?;
+    let status = String::from_utf8_lossy(&status.stdout);
+    let key = latest.rsplit('/').next().unwrap_or_default();
+    assert!(
+        status.contains("state of some sources forgotten at") && status.contains(key),
+        "{key} in\n{status}"
+    );
+    Ok(())
+}
+
 #[test]
 fn long_lines_are_cut_and_counted_crlf_loads_and_invalid_utf8_is_rejected_not_lost()
 -> anyhow::Result<()> {
