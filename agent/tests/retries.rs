@@ -92,6 +92,11 @@ async fn start(lines: usize, policy: Policy) -> Run {
 }
 
 async fn start_with_latency(lines: usize, policy: Policy, latency: Duration) -> Run {
+    start_configured(lines, policy, latency, "").await
+}
+
+/// Like [`start_with_latency`], with more top-level agent.yaml keys in `extra`.
+async fn start_configured(lines: usize, policy: Policy, latency: Duration, extra: &str) -> Run {
     let dir = tempfile::tempdir().expect("tempdir");
     std::fs::create_dir(dir.path().join("logs")).expect("logs");
     let mut file = std::fs::File::create(dir.path().join("logs/a.log")).expect("log");
@@ -117,7 +122,7 @@ async fn start_with_latency(lines: usize, policy: Policy, latency: Duration) -> 
     let port = listener.local_addr().expect("addr").port();
     tokio::spawn(async move { axum::serve(listener, app).await });
 
-    let config = agent_config(dir.path(), port);
+    let config = agent_config(dir.path(), port, extra);
     let metrics_listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
@@ -143,11 +148,11 @@ async fn start_with_latency(lines: usize, policy: Policy, latency: Duration) -> 
     }
 }
 
-fn agent_config(dir: &Path, port: u16) -> Config {
+fn agent_config(dir: &Path, port: u16, extra: &str) -> Config {
     std::fs::write(dir.join("token"), "t\n").expect("token");
     let yaml = format!(
         "agent_id: retry-test\nstate_dir: state\ncollector: {{ url: \"http://127.0.0.1:{port}\", token_file: token }}\n\
-         poll_interval: 50ms\nflows:\n  - stream: s\n    paths: [\"logs/*.log\"]\n    batch: {{ max_records: 700, max_age: 50ms }}\n"
+         poll_interval: 50ms\n{extra}flows:\n  - stream: s\n    paths: [\"logs/*.log\"]\n    batch: {{ max_records: 700, max_age: 50ms }}\n"
     );
     let path = dir.join("agent.yaml");
     std::fs::write(&path, yaml).expect("config");
@@ -307,5 +312,36 @@ async fn a_slow_collector_gets_several_batches_of_one_file_at_once() {
         sink.max_in_progress > 1,
         "batches of one file were in flight together ({} at most)",
         sink.max_in_progress
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_collector_does_not_keep_the_agent_past_its_grace_period() {
+    // Requests the collector never answers (within the 30 s request timeout): stopping must
+    // not wait for them beyond shutdown_grace, or systemd's stop timeout kills the agent
+    // before it writes its checkpoint.
+    let run = start_configured(
+        2000,
+        Box::new(|_, _| None),
+        Duration::from_secs(120),
+        "shutdown_grace: 1s\n",
+    )
+    .await;
+    let sink = run.sink.clone();
+    wait_until("a batch in flight", Duration::from_secs(10), || {
+        sink.lock().expect("lock").in_progress > 0
+    })
+    .await;
+    run.shutdown.cancel();
+    tokio::time::timeout(Duration::from_secs(5), run.agent)
+        .await
+        .expect("the agent stops within its grace period (1 s) and a margin, not the request timeout (30 s)")
+        .expect("agent task")
+        .expect("agent exits cleanly");
+    let checkpoint = std::fs::read_to_string(run.dir.path().join("state/checkpoints.json"))
+        .expect("checkpoint written on the way out");
+    assert!(
+        checkpoint.contains("\"offset\": 0"),
+        "nothing was acknowledged, so nothing is skipped next time: {checkpoint}"
     );
 }
