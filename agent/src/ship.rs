@@ -6,11 +6,11 @@
 //! only after the collector answered 2xx — which it does only once the batch is durable.
 //!
 //! Never drops a batch. Network errors, timeouts, 408, 429 and 5xx (but 501) are retried
-//! with capped exponential backoff and full jitter, honouring `Retry-After`. A 413 splits
-//! the batch in two halves sent one after the other. Anything else (401, 403, 404, 409, a
-//! single line still too large, …) cannot succeed by retrying soon: the flow is paused
-//! loudly (ERROR log, metric, `/readyz` fails) and retried slowly, in case an operator
-//! fixes the cause.
+//! with capped exponential backoff and full jitter, honouring `Retry-After` (bounded to
+//! 100 ms-60 s). A 413 splits the batch in two halves sent one after the other. Anything
+//! else (401, 403, 404, 409, a single line still too large, …) cannot succeed by retrying
+//! soon: the flow is paused loudly (ERROR log, metric, `/readyz` fails) and retried slowly,
+//! in case an operator fixes the cause.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -29,6 +29,14 @@ use crate::health::Health;
 
 /// Delay before retrying a permanent error (wrong token, unknown stream).
 const PERMANENT_RETRY: Duration = Duration::from_secs(30);
+
+/// Shortest wait a `Retry-After` can ask for: `0` would otherwise resend at once, a hot
+/// loop against a collector that keeps saying so.
+const RETRY_AFTER_MIN: Duration = Duration::from_millis(100);
+/// Longest wait a `Retry-After` can ask for: a collector saying `86400` (misconfigured, or
+/// a proxy in between) would otherwise stall the flow for a day without anyone noticing.
+/// Well above what the collector asks (1-2 s) and the backoff's own cap (10 s).
+const RETRY_AFTER_MAX: Duration = Duration::from_secs(60);
 
 /// A batch and where to report its acknowledgement.
 pub struct ShipRequest {
@@ -93,11 +101,14 @@ enum Verdict {
     Permanent,
 }
 
+/// The verdict on an answer. `Retry-After` is honoured in whole seconds, bounded to
+/// [`RETRY_AFTER_MIN`]..=[`RETRY_AFTER_MAX`]; any other form (an HTTP date, which the
+/// collector never sends) leaves the wait to the backoff.
 fn classify(status: StatusCode, retry_after: Option<&HeaderValue>) -> Verdict {
     let after = retry_after
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse::<u64>().ok())
-        .map(Duration::from_secs);
+        .map(|seconds| Duration::from_secs(seconds).clamp(RETRY_AFTER_MIN, RETRY_AFTER_MAX));
     match status.as_u16() {
         200..=299 => Verdict::Done,
         408 | 429 => Verdict::Retry(after),
@@ -389,6 +400,30 @@ mod tests {
             Verdict::TooLarge
         );
         assert_eq!(classify(StatusCode::NOT_FOUND, None), Verdict::Permanent);
+    }
+
+    #[test]
+    fn retry_after_is_bounded_and_a_date_leaves_the_wait_to_the_backoff() {
+        let retry = |value: &'static str| {
+            classify(
+                StatusCode::SERVICE_UNAVAILABLE,
+                Some(&HeaderValue::from_static(value)),
+            )
+        };
+        assert_eq!(retry("2"), Verdict::Retry(Some(Duration::from_secs(2))));
+        assert_eq!(retry(" 7 "), Verdict::Retry(Some(Duration::from_secs(7))));
+        // Not a hot loop…
+        assert_eq!(retry("0"), Verdict::Retry(Some(RETRY_AFTER_MIN)));
+        // …nor a day's stall.
+        assert_eq!(retry("86400"), Verdict::Retry(Some(RETRY_AFTER_MAX)));
+        assert_eq!(
+            retry("18446744073709551615"),
+            Verdict::Retry(Some(RETRY_AFTER_MAX))
+        );
+        assert_eq!(retry("60"), Verdict::Retry(Some(Duration::from_secs(60))));
+        assert_eq!(retry("Wed, 21 Oct 2015 07:28:00 GMT"), Verdict::Retry(None));
+        assert_eq!(retry("-1"), Verdict::Retry(None));
+        assert_eq!(retry("1.5"), Verdict::Retry(None));
     }
 
     #[test]

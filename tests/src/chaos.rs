@@ -19,6 +19,11 @@
 //!   network or an overloaded collector that still processes what its client gave up on —
 //!   and closes the connection.
 //!
+//! A test can also script the next answers ([`ChaosProxy::refuse_next`]: a status and a
+//! `Retry-After` value of its choosing, ahead of any random draw), and read the log of every
+//! request the proxy read ([`ChaosProxy::requests`]: when, which source and range, and what
+//! the proxy answered itself), e.g. to measure how long a client waited before resending.
+//!
 //! Besides, [`ChaosProxy::set_down`] takes the proxy down: the listening socket is closed
 //! (connects are refused) and every open connection is cut, until it is set up again (the
 //! same port is bound again). When the collector itself cannot be reached, the proxy answers
@@ -33,6 +38,7 @@
 //! The proxy runs on its own small tokio runtime, so synchronous tests drive it through a
 //! plain handle; call the handle's methods from outside any tokio runtime.
 
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -42,6 +48,7 @@ use anyhow::{Context, bail};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::watch;
+use tokio::time::Instant;
 
 /// Largest request or answer head (request line or status line plus headers) accepted.
 const MAX_HEAD_BYTES: usize = 64 * 1024;
@@ -199,11 +206,36 @@ fn bump(counter: &AtomicU64) {
     counter.fetch_add(1, Ordering::Relaxed);
 }
 
+/// An answer the proxy gives instead of forwarding, queued by [`ChaosProxy::refuse_next`].
+#[derive(Debug, Clone)]
+struct Scripted {
+    status: String,
+    retry_after: Option<String>,
+}
+
+/// One request the proxy read completely, in [`ChaosProxy::requests`].
+#[derive(Debug, Clone)]
+pub struct SeenRequest {
+    /// When the proxy had read it.
+    pub at: Instant,
+    /// Its `x-tollstream-source` header.
+    pub source: Option<String>,
+    /// Its `x-tollstream-range` header.
+    pub range: Option<String>,
+    /// The status the proxy answered itself (a scripted answer, or an injected 429 or
+    /// 503); `None` when the request was forwarded, dropped or stalled.
+    pub refused_with: Option<u16>,
+}
+
 struct Shared {
     upstream: SocketAddr,
     config: Mutex<FaultConfig>,
     rng: Mutex<fastrand::Rng>,
     counters: Counters,
+    /// Answers for the next requests, ahead of the random draws.
+    script: Mutex<VecDeque<Scripted>>,
+    /// Every request read, in order.
+    seen: Mutex<Vec<SeenRequest>>,
     /// Client connections being served.
     connections: AtomicUsize,
 }
@@ -270,6 +302,8 @@ impl ChaosProxy {
             config: Mutex::new(faults),
             rng: Mutex::new(fastrand::Rng::with_seed(seed)),
             counters: Counters::default(),
+            script: Mutex::new(VecDeque::new()),
+            seen: Mutex::new(Vec::new()),
             connections: AtomicUsize::new(0),
         });
         let (down, down_rx) = watch::channel(false);
@@ -346,6 +380,32 @@ impl ChaosProxy {
             .await
             .with_context(|| format!("the chaos proxy did not go {}", updown(down)))?
         })
+    }
+
+    /// Answers the next `count` requests itself with `status` (e.g. `503 Service
+    /// Unavailable`) and, if given, `Retry-After: <retry_after>` (sent as is: seconds, an
+    /// HTTP date, or anything else), without forwarding them; ahead of any fault draw.
+    pub fn refuse_next(&self, count: usize, status: &str, retry_after: Option<&str>) {
+        let mut script = self
+            .shared
+            .script
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        for _ in 0..count {
+            script.push_back(Scripted {
+                status: status.to_owned(),
+                retry_after: retry_after.map(str::to_owned),
+            });
+        }
+    }
+
+    /// Every request the proxy has read so far, in the order it finished reading them.
+    pub fn requests(&self) -> Vec<SeenRequest> {
+        self.shared
+            .seen
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
     /// Whether the proxy is down.
@@ -480,7 +540,46 @@ async fn serve(client: &mut TcpStream, shared: &Shared) -> std::io::Result<()> {
             return Ok(()); // The client closed between requests.
         };
         bump(&c.requests);
-        match shared.choose() {
+        let scripted = shared
+            .script
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .pop_front();
+        let choice = match &scripted {
+            Some(_) => None,
+            None => shared.choose(),
+        };
+        let refused_with = match (&scripted, choice) {
+            (Some(s), _) => s.status.split(' ').next().and_then(|c| c.parse().ok()),
+            (None, Some(Fault::TooManyRequests)) => Some(429),
+            (None, Some(Fault::Unavailable)) => Some(503),
+            (None, _) => None,
+        };
+        shared
+            .seen
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(SeenRequest {
+                at: Instant::now(),
+                source: header(&request.raw, "x-tollstream-source"),
+                range: header(&request.raw, "x-tollstream-range"),
+                refused_with,
+            });
+        if let Some(scripted) = scripted {
+            client
+                .write_all(&canned(
+                    &scripted.status,
+                    request.close,
+                    "scripted by the test",
+                    scripted.retry_after.as_deref(),
+                ))
+                .await?;
+            if request.close {
+                return Ok(());
+            }
+            continue;
+        }
+        match choice {
             Some(fault @ (Fault::TooManyRequests | Fault::Unavailable)) => {
                 let (counter, status) = match fault {
                     Fault::TooManyRequests => (&c.too_many_requests, "429 Too Many Requests"),
@@ -492,6 +591,7 @@ async fn serve(client: &mut TcpStream, shared: &Shared) -> std::io::Result<()> {
                         status,
                         request.close,
                         "injected by the chaos proxy",
+                        Some("1"),
                     ))
                     .await?;
                 if request.close {
@@ -532,7 +632,7 @@ async fn serve(client: &mut TcpStream, shared: &Shared) -> std::io::Result<()> {
                     bump(&c.upstream_errors);
                     let why = format!("the chaos proxy could not reach the collector: {error}");
                     client
-                        .write_all(&canned("502 Bad Gateway", true, &why))
+                        .write_all(&canned("502 Bad Gateway", true, &why, None))
                         .await?;
                     return Ok(());
                 }
@@ -554,14 +654,29 @@ async fn forward(shared: &Shared, request: &[u8]) -> std::io::Result<Message> {
 }
 
 /// An answer made up by the proxy, JSON like the collector's.
-fn canned(status: &str, close: bool, why: &str) -> Vec<u8> {
+fn canned(status: &str, close: bool, why: &str, retry_after: Option<&str>) -> Vec<u8> {
     let body = serde_json::json!({ "error": why }).to_string();
     let connection = if close { "Connection: close\r\n" } else { "" };
+    let retry_after = retry_after
+        .map(|r| format!("Retry-After: {r}\r\n"))
+        .unwrap_or_default();
     format!(
-        "HTTP/1.1 {status}\r\nRetry-After: 1\r\nContent-Type: application/json\r\n{connection}Content-Length: {}\r\n\r\n{body}",
+        "HTTP/1.1 {status}\r\n{retry_after}Content-Type: application/json\r\n{connection}Content-Length: {}\r\n\r\n{body}",
         body.len()
     )
     .into_bytes()
+}
+
+/// The value of header `name` in a message's head, if present.
+fn header(raw: &[u8], name: &str) -> Option<String> {
+    let head_end = find(raw, b"\r\n\r\n")?;
+    let head = std::str::from_utf8(&raw[..head_end]).ok()?;
+    head.split("\r\n").skip(1).find_map(|line| {
+        let (n, v) = line.split_once(':')?;
+        n.trim()
+            .eq_ignore_ascii_case(name)
+            .then(|| v.trim().to_owned())
+    })
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -792,6 +907,11 @@ mod tests {
         assert_eq!(messages.len(), 2);
         assert_eq!(messages[0].raw, one);
         assert!(!messages[0].close);
+        assert_eq!(
+            header(&messages[0].raw, "X-Tollstream-Range").as_deref(),
+            Some("0-4")
+        );
+        assert_eq!(header(&messages[1].raw, "x-tollstream-range"), None);
         assert_eq!(messages[1].raw, two);
         assert!(messages[1].close);
         assert!(rest.is_empty());
@@ -827,6 +947,8 @@ mod tests {
             config: Mutex::new(config),
             rng: Mutex::new(fastrand::Rng::with_seed(seed)),
             counters: Counters::default(),
+            script: Mutex::new(VecDeque::new()),
+            seen: Mutex::new(Vec::new()),
             connections: AtomicUsize::new(0),
         };
         let a = shared(FaultConfig::each(0.1, Duration::ZERO), 7);

@@ -3,14 +3,15 @@
 //! to requests the collector made durable, stalls requests past the agent's timeout and
 //! then delivers them late, and goes down altogether. Every line must still arrive exactly
 //! once, and while the collector is unreachable the agent's memory must stay bounded (the
-//! log files are the buffer).
+//! log files are the buffer). The agent waits as long as a `Retry-After` asks, within
+//! bounds: not a hot loop on `0`.
 
 use std::io::Write;
 use std::time::Duration;
 
 use anyhow::Context;
 use tokio::time::Instant;
-use tollstream_tests::chaos::{ChaosProxy, FaultConfig, FaultCounts};
+use tollstream_tests::chaos::{ChaosProxy, FaultConfig, FaultCounts, SeenRequest};
 use tollstream_tests::harness::AgentSetup;
 use tollstream_tests::sim::{Mode, Pacing, SimConfig, Simulator, Summary};
 
@@ -366,4 +367,76 @@ fn a_backlog_over_many_files_stays_within_the_memory_budget_and_shows_as_lag() -
         BACKLOG_RSS_LIMIT >> 20
     );
     Ok(())
+}
+
+/// For each request the proxy refused itself, how long the agent waited before sending the
+/// same batch (same source and range) again; `None` if it never did.
+fn resend_gaps(requests: &[SeenRequest]) -> Vec<Option<Duration>> {
+    requests
+        .iter()
+        .enumerate()
+        .filter(|(_, r)| r.refused_with.is_some())
+        .map(|(i, refused)| {
+            requests[i + 1..]
+                .iter()
+                .find(|r| r.source == refused.source && r.range == refused.range)
+                .map(|again| again.at.duration_since(refused.at))
+        })
+        .collect()
+}
+
+#[test]
+fn retry_after_is_honoured_and_a_retry_after_of_zero_is_no_hot_loop() -> anyhow::Result<()> {
+    let (mut pipeline, proxy) = behind_proxy(FaultConfig::none(), 0, |_| ())?;
+    let mut writer = pipeline.writer_with(3_000, 0, 1, Pacing::AsFastAsPossible)?;
+
+    // A 503 asking for 2 s: the batch is not sent again sooner, nor much later.
+    proxy.refuse_next(1, "503 Service Unavailable", Some("2"));
+    writer.write(1_000)?;
+    pipeline.wait_loaded(1_000, 0)?;
+    let gaps = resend_gaps(&proxy.requests());
+    eprintln!("Retry-After: 2 → resent after {gaps:?}");
+    assert_eq!(gaps.len(), 1, "one request refused");
+    let gap = gaps[0].context("the refused batch was sent again")?;
+    assert!(
+        (Duration::from_secs(2)..Duration::from_secs(10)).contains(&gap),
+        "after a 503 with Retry-After: 2 the batch was sent again after {gap:?}"
+    );
+
+    // Retry-After: 0, five times in a row: resent after a short pause each time, not in a
+    // hot loop.
+    let from = proxy.requests().len();
+    proxy.refuse_next(5, "503 Service Unavailable", Some("0"));
+    writer.write(1_000)?;
+    pipeline.wait_loaded(2_000, 0)?;
+    let gaps = resend_gaps(&proxy.requests()[from..]);
+    eprintln!("Retry-After: 0 → resent after {gaps:?}");
+    assert_eq!(gaps.len(), 5, "five requests refused");
+    for gap in gaps {
+        let gap = gap.context("each refused batch was sent again")?;
+        assert!(
+            (Duration::from_millis(100)..Duration::from_secs(10)).contains(&gap),
+            "after a 503 with Retry-After: 0 the batch was sent again after {gap:?}"
+        );
+    }
+
+    // An HTTP date (here long past) instead of seconds: retried with the agent's own
+    // backoff, soon.
+    let from = proxy.requests().len();
+    proxy.refuse_next(
+        1,
+        "429 Too Many Requests",
+        Some("Wed, 21 Oct 2015 07:28:00 GMT"),
+    );
+    writer.write_all()?;
+    let written = writer.into_summary();
+    pipeline.wait_loaded(written.valid_lines, 0)?;
+    let gaps = resend_gaps(&proxy.requests()[from..]);
+    eprintln!("Retry-After: <date> → resent after {gaps:?}");
+    assert!(
+        gaps.len() == 1 && gaps[0].is_some_and(|gap| gap < Duration::from_secs(10)),
+        "after a 429 with a date in Retry-After the batch was sent again soon: {gaps:?}"
+    );
+    pipeline.stop()?;
+    pipeline.assert_exactly_once(&written)
 }

@@ -1,5 +1,6 @@
-//! What happens to the files under the agent: rotation by rename, truncation in place, and
-//! where reading starts in files the agent has never seen.
+//! What happens to the files under the agent: rotation by rename, truncation in place,
+//! where reading starts in files the agent has never seen, and which files its globs (`**`
+//! included) and excludes pick.
 
 use std::time::Duration;
 
@@ -51,6 +52,27 @@ fn a_file_truncated_in_place_is_read_again_from_the_start() -> anyhow::Result<()
     std::fs::write(&path, "")?;
     std::fs::write(&path, lines[2500..].concat())?;
     pipeline.wait_loaded(3000, 0)?;
+    // The operator is told: a WARN naming the file, and the truncations counted.
+    let truncations = pipeline
+        .agent_metric("tollstream_agent_truncations_total", "")
+        .context("agent metrics")?;
+    assert!(
+        truncations >= 1.0,
+        "tollstream_agent_truncations_total is {truncations}"
+    );
+    let log = pipeline.agent.log_since_start();
+    let warnings: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains(" WARN ") && l.contains("truncated or rewritten"))
+        .collect();
+    assert!(
+        !warnings.is_empty() && warnings.iter().all(|l| l.contains("booth.log")),
+        "a WARN naming the truncated file; the agent's warnings: {warnings:?}"
+    );
+    eprintln!(
+        "truncation: 2 truncations, counted {truncations}, {} WARN lines",
+        warnings.len()
+    );
     pipeline.stop()?;
     let warehouse = pipeline.warehouse()?;
     assert_eq!(
@@ -441,6 +463,106 @@ fn directories_created_later_and_symlinked_files_are_followed() -> anyhow::Resul
             .warehouse()?
             .count("SELECT SUM(duplicates) FROM loads")?,
         0
+    );
+    Ok(())
+}
+
+/// Writes `lines` gzip-compressed to `path`, as logrotate's `compress` leaves them.
+fn write_gzip(path: &std::path::Path, lines: &[String]) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut encoder =
+        flate2::write::GzEncoder::new(std::fs::File::create(path)?, flate2::Compression::default());
+    encoder.write_all(lines.concat().as_bytes())?;
+    encoder.finish()?;
+    Ok(())
+}
+
+#[test]
+fn a_double_star_glob_follows_nested_directories_made_before_and_after_start_but_no_gz()
+-> anyhow::Result<()> {
+    let lines: Vec<String> = (0..700).map(line).collect();
+    // Lines of the compressed files: other transaction ids, so any that arrived would show.
+    let compressed: Vec<String> = (10_000..10_200).map(line).collect();
+    let mut pipeline = Pipeline::start_prepared(
+        |agent| {
+            // `*.log*` also matches rotated copies such as `a.log.1.gz`: the exclude is
+            // what keeps the agent out of the compressed ones.
+            agent.paths = vec!["logs/**/*.log*".into()];
+            agent.exclude = vec!["*.gz".into()];
+        },
+        |dir| {
+            let lane = dir.join("logs").join("lane-1");
+            std::fs::create_dir_all(lane.join("cam"))?;
+            append(&dir.join("logs").join("top.log"), &lines[..100])?;
+            append(&lane.join("a.log"), &lines[100..200])?;
+            append(&lane.join("cam").join("b.log"), &lines[200..300])?;
+            write_gzip(&lane.join("a.log.1.gz"), &compressed[..100])?;
+            Ok(())
+        },
+    )?;
+    let logs = pipeline.dir.path().join("logs");
+    pipeline.wait_loaded(300, 0)?;
+    // Two directory levels made after the start: a compressed file, then a log in them.
+    let late = logs.join("late").join("deeper");
+    std::fs::create_dir_all(&late)?;
+    write_gzip(&late.join("c.log.gz"), &compressed[100..])?;
+    append(&late.join("c.log"), &lines[300..400])?;
+    // The files found at the start keep being followed.
+    append(&logs.join("top.log"), &lines[400..500])?;
+    append(
+        &logs.join("lane-1").join("cam").join("b.log"),
+        &lines[500..600],
+    )?;
+    pipeline.wait_loaded(600, 0)?;
+    // So is the late one, after its first read.
+    append(&late.join("c.log"), &lines[600..])?;
+    pipeline.wait_loaded(700, 0)?;
+    let mut followed: Vec<String> = pipeline
+        .agent
+        .log_since_start()
+        .lines()
+        .filter(|l| l.contains("Following file."))
+        .filter_map(|l| l.split("path=").nth(1)?.split(' ').next())
+        .filter_map(|p| Some(p.strip_prefix(logs.to_str()?)?.to_owned()))
+        .collect();
+    followed.sort();
+    pipeline.stop()?;
+    assert_eq!(
+        followed,
+        [
+            "/lane-1/a.log",
+            "/lane-1/cam/b.log",
+            "/late/deeper/c.log",
+            "/top.log"
+        ],
+        "the files followed, each once; no .gz among them"
+    );
+    let warehouse = pipeline.warehouse()?;
+    assert_eq!(
+        warehouse.count("SELECT COUNT(*) FROM toll_transactions")?,
+        700
+    );
+    assert_eq!(
+        warehouse.count("SELECT COUNT(DISTINCT transaction_id) FROM toll_transactions")?,
+        700
+    );
+    assert_eq!(
+        warehouse.count(
+            "SELECT COUNT(*) FROM toll_transactions WHERE transaction_id >= '00000000-0000-4000-8000-000000010000'"
+        )?,
+        0,
+        "no line of a compressed file"
+    );
+    assert_eq!(warehouse.count("SELECT SUM(duplicates) FROM loads")?, 0);
+    assert_eq!(
+        warehouse.count("SELECT COUNT(*) FROM rejected_records")?,
+        0,
+        "no compressed bytes were read as lines"
+    );
+    assert_eq!(
+        crate::fixture::archive_lines(&pipeline.data_dir.join("archive"))?,
+        700,
+        "every line in the archive exactly once"
     );
     Ok(())
 }

@@ -6,6 +6,7 @@
 mod alerts;
 mod config;
 mod crashes;
+mod delivery;
 mod disk;
 mod faults;
 mod files;
