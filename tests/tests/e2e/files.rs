@@ -765,3 +765,73 @@ fn header_lines_are_skipped_old_files_ignored_until_written_and_deleted_files_le
     assert_eq!(warehouse.count("SELECT SUM(duplicates) FROM loads")?, 0);
     Ok(())
 }
+
+/// `tollstream-agent status`: (lag in bytes, size) of the file whose path ends with `name`.
+fn agent_file_lag(pipeline: &Pipeline, name: &str) -> anyhow::Result<Option<(u64, u64)>> {
+    let output = std::process::Command::new(tollstream_tests::harness::binary("tollstream-agent")?)
+        .args(["status", "--config"])
+        .arg(pipeline.dir.path().join("agent.yaml"))
+        .output()?;
+    anyhow::ensure!(output.status.success(), "agent status failed");
+    let text = String::from_utf8_lossy(&output.stdout);
+    // PATH IDENTITY OFFSET SIZE LAG LAST-ACK
+    Ok(text.lines().find_map(|row| {
+        let columns: Vec<&str> = row.split_whitespace().collect();
+        (columns.len() >= 5 && columns[0].ends_with(name))
+            .then(|| Some((columns[4].parse().ok()?, columns[3].parse().ok()?)))
+            .flatten()
+    }))
+}
+
+#[test]
+fn a_quiet_file_is_not_held_up_by_a_busy_files_backlog() -> anyhow::Result<()> {
+    let mut pipeline = Pipeline::start()?;
+    let logs = pipeline.dir.path().join("logs");
+    let mut sim = tollstream_tests::sim::Simulator::new(
+        &tollstream_tests::sim::SimConfig::default(),
+        tollstream_tests::sim::Mode::Count { lines: 100_001 },
+    )?;
+    let mut written = tollstream_tests::sim::Summary::default();
+    let mut next = |into: &mut Vec<u8>| -> anyhow::Result<()> {
+        let meta = sim.next_into(into).context("the simulator ran out")?;
+        written.add_meta(sim.booth_ids(), &meta);
+        Ok(())
+    };
+    // A backlog of 100,000 lines (~10 MB) lands at once in one file…
+    let mut busy = Vec::new();
+    for _ in 0..100_000 {
+        next(&mut busy)?;
+    }
+    std::fs::write(logs.join("busy.log"), &busy)?;
+    // …then one line in another.
+    let mut quiet = Vec::new();
+    next(&mut quiet)?;
+    std::fs::write(logs.join("quiet.log"), &quiet)?;
+    // The quiet file's line is acknowledged while the busy file is still far behind: it
+    // waits for neither the busy file's batches nor its turn in a queue behind them.
+    let mut seen = None;
+    wait_for(
+        "the quiet file's line to be acknowledged",
+        Duration::from_secs(60),
+        || {
+            seen = agent_file_lag(&pipeline, "quiet.log")
+                .ok()
+                .flatten()
+                .zip(agent_file_lag(&pipeline, "busy.log").ok().flatten());
+            seen.is_some_and(|(quiet, _)| quiet.0 == 0 && quiet.1 > 0)
+        },
+    )?;
+    let (_, (busy_lag, busy_size)) = seen.context("status rows")?;
+    eprintln!(
+        "starvation: quiet file acknowledged while the busy file still had {busy_lag} of {busy_size} bytes to go"
+    );
+    assert!(
+        busy_lag > busy_size / 2,
+        "the busy file was mostly delivered ({busy_lag} of {busy_size} bytes left) before the \
+         quiet file's line was: it waited behind the backlog"
+    );
+    pipeline.wait_loaded(written.valid_lines, 0)?;
+    pipeline.stop()?;
+    pipeline.assert_exactly_once(&written)?;
+    Ok(())
+}
