@@ -92,7 +92,8 @@ pub async fn run(
         gzip_level: collector.gzip_level,
         ca_file: collector.ca_file.as_deref(),
     };
-    let shipper = Shipper::new(&shipper_config, health.clone(), give_up.clone())?;
+    let shipper = Shipper::new(&shipper_config, health.clone(), give_up.clone())?
+        .stopping_on(shutdown.clone());
     let (ship_tx, ship_rx) = mpsc::channel(collector.max_in_flight * 2);
     let config = Arc::new(config);
 

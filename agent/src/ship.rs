@@ -129,6 +129,7 @@ pub struct Shipper {
     gzip_level: u32,
     health: Arc<Health>,
     shutdown: CancellationToken,
+    stopping: CancellationToken,
 }
 
 /// Settings of a [`Shipper`].
@@ -207,7 +208,16 @@ impl Shipper {
             gzip_level,
             health,
             shutdown,
+            stopping: CancellationToken::new(),
         })
+    }
+
+    /// Once `stopping` is cancelled (the agent was asked to stop), batches of a paused flow
+    /// give up at once instead of waiting out the grace period (`shutdown`).
+    #[must_use]
+    pub fn stopping_on(mut self, stopping: CancellationToken) -> Self {
+        self.stopping = stopping;
+        self
     }
 
     /// Serves requests until every tailer has dropped its sender.
@@ -251,6 +261,7 @@ impl Shipper {
                 answer = attempt_once => answer.ok_or(ShipError::ShuttingDown)?,
                 () = self.shutdown.cancelled() => return Err(ShipError::ShuttingDown),
             };
+            let mut paused = false;
             let delay = match answer {
                 Ok((Verdict::Done, _)) => {
                     self.health.delivered(&batch.source);
@@ -270,6 +281,7 @@ impl Shipper {
                         self.deliver_encoded(first).await?;
                         return self.deliver_encoded(second).await;
                     }
+                    paused = true;
                     self.refused(batch, status)
                 }
                 Ok((Verdict::Retry(after), status)) => {
@@ -280,7 +292,10 @@ impl Shipper {
                         .increment(1);
                     delay
                 }
-                Ok((Verdict::Permanent | Verdict::TooLarge, status)) => self.refused(batch, status),
+                Ok((Verdict::Permanent | Verdict::TooLarge, status)) => {
+                    paused = true;
+                    self.refused(batch, status)
+                }
                 Err(error) => {
                     let delay = self.backoff.delay(attempt);
                     let error = error_chain(&error);
@@ -295,6 +310,8 @@ impl Shipper {
             tokio::select! {
                 () = tokio::time::sleep(delay) => {}
                 () = self.shutdown.cancelled() => return Err(ShipError::ShuttingDown),
+                // A paused flow cannot succeed within the grace period: stop at once.
+                () = self.stopping.cancelled(), if paused => return Err(ShipError::ShuttingDown),
             }
         }
     }

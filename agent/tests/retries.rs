@@ -345,3 +345,26 @@ async fn a_hung_collector_does_not_keep_the_agent_past_its_grace_period() {
         "nothing was acknowledged, so nothing is skipped next time: {checkpoint}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_flow_does_not_hold_up_stopping() {
+    // Every batch refused (401): they wait for the operator, not for the grace period, which
+    // cannot help them (default 10 s).
+    let run = start(
+        100,
+        Box::new(|_, _| Some((StatusCode::UNAUTHORIZED, "wrong token").into_response())),
+    )
+    .await;
+    let sink = run.sink.clone();
+    wait_until("a refused attempt", Duration::from_secs(10), || {
+        sink.lock().expect("lock").attempts > 0
+    })
+    .await;
+    run.shutdown.cancel();
+    tokio::time::timeout(Duration::from_secs(3), run.agent)
+        .await
+        .expect("the agent stops at once, not after its 10 s grace period")
+        .expect("agent task")
+        .expect("agent exits cleanly");
+    assert_eq!(sink.lock().expect("lock").delivered(), 0);
+}
