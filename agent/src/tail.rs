@@ -90,6 +90,12 @@ impl Budget {
     }
 }
 
+thread_local! {
+    /// Each blocking thread's read buffer, as large as the largest read it made (a batch's
+    /// `max_bytes` at most; at most 4 such threads).
+    static READ_BUFFER: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
 /// Bytes of the first line that go into the fingerprint at most.
 const FINGERPRINT_MAX_BYTES: usize = 64 * 1024;
 
@@ -302,20 +308,30 @@ fn read_lines(file: &File, expect: Fingerprint, offset: u64, room: Room) -> std:
     if size == offset {
         return Ok(Read::nothing(size, offset));
     }
-    let want = (size - offset).min(room.bytes.max(1));
-    let mut buf = vec![0u8; want as usize];
-    let n = read_at_most(file, &mut buf, offset)?;
-    buf.truncate(n);
-    let (end, lines) = whole_lines(&buf, room.records.max(1));
-    if lines > 0 {
-        buf.truncate(end);
-        return Ok(Read {
-            data: Bytes::from(buf),
-            lines,
-            end: offset + end as u64,
-            ..Read::nothing(size, offset)
-        });
-    }
+    let want = (size - offset).min(room.bytes.max(1)) as usize;
+    // Read into this thread's buffer and keep an exact copy of the whole lines: a fresh
+    // buffer per read, freed right after, left glibc's heap holding tens of MiB.
+    let whole = READ_BUFFER.with_borrow_mut(|buf| -> std::io::Result<_> {
+        if buf.len() < want {
+            buf.resize(want, 0);
+        }
+        let n = read_at_most(file, &mut buf[..want], offset)?;
+        let (end, lines) = whole_lines(&buf[..n], room.records.max(1));
+        Ok((lines > 0)
+            .then(|| (Bytes::copy_from_slice(&buf[..end]), end, lines))
+            .ok_or(n))
+    })?;
+    let n = match whole {
+        Ok((data, end, lines)) => {
+            return Ok(Read {
+                data,
+                lines,
+                end: offset + end as u64,
+                ..Read::nothing(size, offset)
+            });
+        }
+        Err(n) => n,
+    };
     // The line at `offset` is longer than the room: read it whole, up to `max_line`.
     let available = size - offset;
     let whole = available.min(room.max_line);
