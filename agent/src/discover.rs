@@ -493,7 +493,7 @@ impl Discoverer {
         }
         warn!(path = %found.path.display(), size = found.size, offset = entry.offset, "File was truncated or rewritten since it was last read; reading it again from the start as a new source.");
         metrics::counter!("tollstream_agent_truncations_total").increment(1);
-        self.start_new(flow, found, false);
+        self.start_new(flow, found, false, 0);
     }
 
     /// Places a file without saved state of its own: a copy of a followed file (held back),
@@ -518,6 +518,8 @@ impl Discoverer {
             self.held_copy_of(&checkpoints, &found)
                 .map(|(_, source)| source)
         };
+        // A source not followed whose first line this file holds and has delivered.
+        let mut delivered: Option<(String, PathBuf)> = None;
         for (key, entry) in candidates {
             if let Some(&live) = self.followed_keys.get(&key) {
                 match self.copy_of_live(&found, live) {
@@ -538,6 +540,9 @@ impl Discoverer {
             if continues {
                 info!(path = %found.path.display(), source = %key, offset = entry.offset, was = %entry.path.display(), "File holds the content of a source whose own file is gone (a copy, e.g. by copytruncate); continuing that source.");
                 return self.adopt(flow, found, key, entry.offset);
+            }
+            if delivered.is_none() && self.holds_delivered_head(&found, &entry) {
+                delivered = Some((key, entry.path));
             }
         }
         // A held copy no longer longer than what its source sent: it holds nothing new.
@@ -579,8 +584,72 @@ impl Discoverer {
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .remove(&own_key);
+        } else if let Some((source, was)) = delivered {
+            // Not its source's continuation as far as can be proven, but its first line is
+            // one that source delivered: the file is a source of its own from after it.
+            let head = found.fingerprint.len as u64;
+            info!(path = %found.path.display(), of = %source, was = %was.display(), "File starts with the first line a source whose file was truncated already sent (a copy, e.g. by copytruncate); following it from after that line.");
+            return self.start_new(flow, found, true, head);
         }
-        self.start_new(flow, found, true);
+        self.start_new(flow, found, true, 0);
+    }
+
+    /// Whether `found` (no state of its own, not proven to continue the source `entry`
+    /// describes) starts with a first line that source delivered, and holds nothing else
+    /// that source may have delivered: `found` holds no complete line past its first, or
+    /// the source delivered nothing past it. Only while the source's own file is still
+    /// in its directory, truncated or rewritten in place (`copytruncate`'s signature): a
+    /// new file that merely starts alike must not have its first line skipped because
+    /// another file with that first line was deleted or rotated away.
+    fn holds_delivered_head(&self, found: &Found, entry: &Entry) -> bool {
+        let head = u64::from(entry.file.head_len);
+        if head == 0 || !found.starts_like(&entry.file) || entry.offset < head {
+            return false;
+        }
+        let nothing_more = entry.offset == head
+            && bytes_before_match(&found.file, head, entry.tail_len, entry.tail_crc)
+                .unwrap_or(false);
+        let only_head = end_of_last_line(&found.file, found.size).is_ok_and(|end| end == head);
+        (nothing_more || only_head) && self.truncated_in_place(entry)
+    }
+
+    /// Whether the file that held the source `entry` describes is still in its last
+    /// directory (same inode and birth time, or device where there is none) but no longer
+    /// holds that source's content: truncated, or rewritten, in place.
+    fn truncated_in_place(&self, entry: &Entry) -> bool {
+        use std::os::unix::fs::MetadataExt;
+        let Some(dir) = entry.path.parent() else {
+            return false;
+        };
+        inodes_in(dir)
+            .into_iter()
+            .filter(|(_, ino)| *ino == entry.file.ino)
+            .any(|(path, _)| {
+                let Ok(file) = File::open(&path) else {
+                    return false;
+                };
+                let Ok(meta) = file.metadata() else {
+                    return false;
+                };
+                let btime = birth_time(&meta);
+                let same_file = meta.ino() == entry.file.ino
+                    && if entry.file.btime != 0 && btime != 0 {
+                        entry.file.btime == btime
+                    } else {
+                        entry.file.dev == 0 || entry.file.dev == meta.dev()
+                    };
+                if !same_file {
+                    return false;
+                }
+                let starts_alike = fingerprint(&file).ok().flatten().is_some_and(|f| {
+                    f.crc == entry.file.head_crc && f.len == entry.file.head_len as usize
+                });
+                let holds = starts_alike
+                    && meta.len() >= entry.offset
+                    && bytes_before_match(&file, entry.offset, entry.tail_len, entry.tail_crc)
+                        .unwrap_or(false);
+                !holds
+            })
     }
 
     /// The file's own key and the source it was found to copy, if it is a held copy.
@@ -656,8 +725,8 @@ impl Discoverer {
         self.follow(flow, found, key, offset);
     }
 
-    /// Follows a file never seen before as a new source.
-    fn start_new(&mut self, flow: &FlowConfig, found: Found, first_sight: bool) {
+    /// Follows a file never seen before as a new source, from `skip` at the earliest.
+    fn start_new(&mut self, flow: &FlowConfig, found: Found, first_sight: bool, skip: u64) {
         if first_sight
             && let Some(max_age) = flow.ignore_older
             && let Ok(modified) = found.modified
@@ -676,7 +745,7 @@ impl Discoverer {
             offset_after_lines(&found.file, flow.skip_header_lines, found.size)
         };
         let start = match start {
-            Ok(Some(start)) => start,
+            Ok(Some(start)) => start.max(skip),
             Ok(None) => return, // Header lines not all written yet.
             Err(error) => {
                 warn!(path = %found.path.display(), %error, "Cannot read file.");

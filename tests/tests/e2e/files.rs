@@ -835,3 +835,86 @@ fn a_quiet_file_is_not_held_up_by_a_busy_files_backlog() -> anyhow::Result<()> {
     pipeline.assert_exactly_once(&written)?;
     Ok(())
 }
+
+/// `copytruncate` of a file holding exactly one line, the copy within the globs: the copy
+/// holds nothing but the line its original already delivered, so that line is not sent
+/// again — whether the agent was running (it sees the truncation, then finds the copy) or
+/// stopped (it finds the copy at its next start) — and what is written to the copy or the
+/// original afterwards is sent once.
+#[test]
+fn a_copy_of_a_file_holding_one_line_does_not_send_that_line_again() -> anyhow::Result<()> {
+    let mut pipeline = Pipeline::start_with(|agent| agent.paths = vec!["logs/*.log*".into()])?;
+    let logs = pipeline.dir.path().join("logs");
+    let copytruncate = |name: &str| -> anyhow::Result<()> {
+        std::fs::copy(logs.join(name), logs.join(format!("{name}.1")))?;
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(logs.join(name))?
+            .set_len(0)?;
+        Ok(())
+    };
+    let agent_log = pipeline.dir.path().join("agent.log");
+    let following = |name: &str| {
+        let name = format!("/{name} source=");
+        std::fs::read_to_string(&agent_log).is_ok_and(|log| {
+            log.lines()
+                .any(|l| l.contains("Following file.") && l.contains(&name))
+        })
+    };
+    // Under the running agent.
+    append(&logs.join("live.log"), &[line(0)])?;
+    pipeline.wait_loaded(1, 0)?;
+    copytruncate("live.log")?;
+    wait_for(
+        "the agent to follow live.log.1",
+        Duration::from_secs(60),
+        || following("live.log.1"),
+    )?;
+    // While the agent is stopped.
+    append(&logs.join("stopped.log"), &[line(1)])?;
+    pipeline.wait_loaded(2, 0)?;
+    assert!(pipeline.agent.terminate(EXIT_TIMEOUT)?.success());
+    copytruncate("stopped.log")?;
+    pipeline.agent.start()?;
+    pipeline
+        .agent
+        .wait_started("First scan done", Duration::from_secs(30))?;
+    anyhow::ensure!(
+        following("stopped.log.1"),
+        "the first scan follows the copy"
+    );
+    // Both copies and both originals are written to afterwards.
+    append(&logs.join("live.log.1"), &[line(2)])?;
+    append(&logs.join("stopped.log.1"), &[line(3)])?;
+    append(&logs.join("live.log"), &[line(4)])?;
+    append(&logs.join("stopped.log"), &[line(5)])?;
+    pipeline.wait_loaded(6, 0)?;
+    // Everything the agent sent is acknowledged once it stopped; then the collector has
+    // every record it accepted loaded (or counted as a duplicate) before it is looked at.
+    assert!(pipeline.agent.terminate(EXIT_TIMEOUT)?.success());
+    let accepted = pipeline
+        .collector_metric("tollstream_collector_ingest_records_total", "")
+        .context("collector metrics")?;
+    let warehouse = pipeline.warehouse()?;
+    wait_for(
+        "every accepted record to be loaded",
+        Duration::from_secs(60),
+        || {
+            warehouse
+                .count("SELECT SUM(inserted + duplicates + rejected) FROM loads")
+                .is_ok_and(|n| n as f64 >= accepted)
+        },
+    )?;
+    assert!(pipeline.collector.terminate(EXIT_TIMEOUT)?.success());
+    pipeline.stopped = true;
+    assert_eq!(
+        accepted, 6.0,
+        "each line reached the collector once (not the copies' first lines again)"
+    );
+    assert_eq!(
+        warehouse.count("SELECT COUNT(*) FROM toll_transactions")?,
+        6
+    );
+    assert_eq!(warehouse.count("SELECT SUM(duplicates) FROM loads")?, 0);
+    Ok(())
+}
