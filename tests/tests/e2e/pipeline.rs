@@ -31,6 +31,16 @@ fn agent_stopped_and_killed_mid_stream_loses_and_duplicates_nothing() -> anyhow:
     assert!(status.success(), "agent exits 0 on SIGTERM, got {status}");
     writer.write(50_000)?;
     pipeline.agent.start()?;
+    // After a clean stop the agent resumes exactly where the collector's acks left it: the
+    // collector is sent nothing it already had.
+    pipeline.wait_rows_at_least(100_000)?;
+    let resent = pipeline
+        .collector_metric(
+            "tollstream_collector_duplicate_records_total",
+            "stage=\"ingest\"",
+        )
+        .unwrap_or(0.0);
+    assert_eq!(resent, 0.0, "lines sent again after a SIGTERM restart");
     writer.write(50_000)?;
     // SIGKILL while it is busy with the lines just written (some loaded, most not): no
     // checkpoint flush, batches in flight. The restart resends from the last checkpoint and
