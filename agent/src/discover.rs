@@ -40,7 +40,7 @@ pub struct Discoverer {
     config: Arc<Config>,
     checkpoints: SharedCheckpoints,
     ship: mpsc::Sender<ShipRequest>,
-    budget: crate::tail::Budget,
+    budgets: crate::tail::Budgets,
     clock: Arc<dyn Clock>,
     shutdown: CancellationToken,
     /// Followed files: path, source key and the tailer's open file.
@@ -103,12 +103,12 @@ impl Discoverer {
         health: Arc<Health>,
     ) -> Self {
         let matchers = config.flows.iter().map(Matcher::new).collect();
-        let budget = crate::tail::Budget::new(config.max_buffered_bytes);
+        let budgets = crate::tail::Budgets::new(&config);
         Self {
             config,
             checkpoints,
             ship,
-            budget,
+            budgets,
             clock,
             shutdown,
             active: HashMap::new(),
@@ -131,9 +131,9 @@ impl Discoverer {
         }
     }
 
-    /// Its tailers share `budget` (the metrics endpoint reports it) instead of their own.
-    pub fn with_budget(mut self, budget: crate::tail::Budget) -> Self {
-        self.budget = budget;
+    /// Its tailers share `budgets` (the metrics endpoint reports them) instead of their own.
+    pub fn with_budgets(mut self, budgets: crate::tail::Budgets) -> Self {
+        self.budgets = budgets;
         self
     }
 
@@ -828,7 +828,7 @@ impl Discoverer {
             draining,
             wake,
             ship: self.ship.clone(),
-            budget: self.budget.clone(),
+            budget: self.budgets.for_stream(&flow.stream),
             checkpoints: self.checkpoints.clone(),
             clock: self.clock.clone(),
             shutdown: self.shutdown.clone(),

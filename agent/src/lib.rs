@@ -40,7 +40,7 @@ use crate::discover::Discoverer;
 use crate::health::Health;
 use crate::ship::{Shipper, ShipperConfig};
 use crate::systemd::{Heartbeats, WatchdogPlan};
-use crate::tail::Budget;
+use crate::tail::Budgets;
 
 /// Reads the bearer token: the first non-empty line of the token file.
 ///
@@ -113,16 +113,17 @@ pub async fn run(
             0
         }
     };
-    let budget = Budget::new(config.max_buffered_bytes);
+    let budgets = Budgets::new(&config);
     if let Some(listener) = metrics_listener {
         let health_view = health.clone();
-        let budget = budget.clone();
+        let budgets = budgets.clone();
         let addr = listener.local_addr()?;
         let token = shutdown.clone();
         tokio::spawn(async move {
-            if let Err(error) = axum::serve(listener, metrics::router(metrics, health_view, budget))
-                .with_graceful_shutdown(token.cancelled_owned())
-                .await
+            if let Err(error) =
+                axum::serve(listener, metrics::router(metrics, health_view, budgets))
+                    .with_graceful_shutdown(token.cancelled_owned())
+                    .await
             {
                 warn!(%error, "Metrics server failed.");
             }
@@ -138,7 +139,7 @@ pub async fn run(
         first_run,
         health,
     )
-    .with_budget(budget);
+    .with_budgets(budgets);
     let heartbeats = Arc::new(Heartbeats::default());
     let (first_scan_tx, first_scan) = tokio::sync::oneshot::channel();
     let discoverer = discoverer.supervised(heartbeats.clone(), first_scan_tx);

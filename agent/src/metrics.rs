@@ -184,7 +184,7 @@ fn describe() {
 pub fn router(
     handle: PrometheusHandle,
     health: Arc<Health>,
-    budget: crate::tail::Budget,
+    budgets: crate::tail::Budgets,
 ) -> Router {
     Router::new()
         .route(
@@ -192,7 +192,7 @@ pub fn router(
             get(move || {
                 let handle = handle.clone();
                 // Read at each scrape: permits come back wherever a batch is dropped.
-                metrics::gauge!("tollstream_agent_buffered_bytes").set(budget.used() as f64);
+                metrics::gauge!("tollstream_agent_buffered_bytes").set(budgets.used() as f64);
                 async move {
                     (
                         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],

@@ -96,6 +96,41 @@ thread_local! {
     static READ_BUFFER: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
+/// The memory budget shared out among streams: `max_buffered_bytes` split evenly, so that a
+/// stream the collector refuses (an unknown stream, a single line too large for it) can only
+/// fill its own share, and the others keep flowing.
+#[derive(Debug, Clone)]
+pub struct Budgets {
+    by_stream: std::collections::BTreeMap<String, Budget>,
+}
+
+impl Budgets {
+    /// Budgets for the streams of `config`'s flows.
+    pub fn new(config: &crate::config::Config) -> Self {
+        let streams: std::collections::BTreeSet<&str> =
+            config.flows.iter().map(|f| f.stream.as_str()).collect();
+        let share = config.max_buffered_bytes / streams.len().max(1) as u64;
+        let by_stream = streams
+            .into_iter()
+            .map(|stream| (stream.to_owned(), Budget::new(share)))
+            .collect();
+        Self { by_stream }
+    }
+
+    /// The budget of `stream` (a stream no flow names gets a small one of its own).
+    pub fn for_stream(&self, stream: &str) -> Budget {
+        self.by_stream
+            .get(stream)
+            .cloned()
+            .unwrap_or_else(|| Budget::new(1 << 20))
+    }
+
+    /// Bytes held over all streams.
+    pub fn used(&self) -> u64 {
+        self.by_stream.values().map(Budget::used).sum()
+    }
+}
+
 /// Bytes of the first line that go into the fingerprint at most.
 const FINGERPRINT_MAX_BYTES: usize = 64 * 1024;
 

@@ -237,3 +237,47 @@ fn batches_over_the_collectors_record_limit_are_split_and_every_line_arrives_onc
     pipeline.stop()?;
     pipeline.assert_exactly_once(&written)
 }
+
+/// A stream the collector does not know (404: that flow pauses) fills only its own share of
+/// the agent's memory budget: the other stream's lines keep arriving.
+#[test]
+fn a_refused_stream_does_not_starve_another_of_the_memory_budget() -> anyhow::Result<()> {
+    let mut pipeline = Pipeline::start_with(|agent| {
+        agent.agent_extra = "max_buffered_bytes: 2MiB\n";
+        // A second flow, last in agent.yaml: files of a stream the collector lacks.
+        agent.flow_extra = "  - stream: not-configured\n    paths: [\"unknown/*.log\"]\n";
+    })?;
+    let unknown = pipeline.dir.path().join("unknown");
+    std::fs::create_dir(&unknown)?;
+    // 8 files of ~1 MB each: more than the whole budget, all refused.
+    let line = "2026-11-25T14:03:27.512-03:00,not,for,this,collector\n";
+    for i in 0..8 {
+        std::fs::write(unknown.join(format!("u{i}.log")), line.repeat(20_000))?;
+    }
+    let refused = || {
+        pipeline
+            .agent_metric("tollstream_agent_ship_retries_total", "reason=\"refused\"")
+            .unwrap_or(0.0)
+    };
+    wait_for(
+        "the unknown stream's flow to pause",
+        ARRIVAL_TIMEOUT,
+        || refused() > 0.0,
+    )?;
+    let mut writer = pipeline.writer(20_000, 0)?;
+    writer.write_all()?;
+    let written = writer.into_summary();
+    pipeline
+        .wait_loaded(written.valid_lines, 0)
+        .context("the known stream's lines arrive while the other stream is paused")?;
+    let buffered = pipeline
+        .agent_metric("tollstream_agent_buffered_bytes", "")
+        .context("agent metrics")?;
+    assert!(
+        buffered <= f64::from(2u32 << 20),
+        "buffered {buffered} bytes, budget 2 MiB"
+    );
+    pipeline.stop()?;
+    pipeline.assert_exactly_once(&written)?;
+    Ok(())
+}
