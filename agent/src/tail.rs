@@ -41,7 +41,8 @@ static ENCODERS: std::sync::LazyLock<tokio::sync::Semaphore> = std::sync::LazyLo
     tokio::sync::Semaphore::new(cores.clamp(1, 4))
 });
 
-/// The agent's memory budget for lines read and not yet acknowledged, shared by all files.
+/// A stream's share of the agent's memory budget for lines read and not yet acknowledged,
+/// shared by the stream's files (see [`Budgets`]).
 ///
 /// A tailer takes budget for what it reads; the lines carry it through encoding and
 /// shipping, and it comes back when the collector has acknowledged them. A file that finds
@@ -497,8 +498,9 @@ pub struct Tailer {
     pub wake: Arc<Notify>,
     /// Where batches go.
     pub ship: mpsc::Sender<ShipRequest>,
-    /// The agent's memory budget for lines read and not yet acknowledged, in bytes, shared
-    /// by all files: a file that finds it spent waits (its log file is the buffer).
+    /// Its stream's share of the memory budget for lines read and not yet acknowledged,
+    /// shared by the stream's files: a file that finds it spent waits (its log file is the
+    /// buffer).
     pub budget: Budget,
     /// Shared offsets.
     pub checkpoints: SharedCheckpoints,
